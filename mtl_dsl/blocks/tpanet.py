@@ -1,0 +1,124 @@
+"""Blocks of the tpanet family: TPANet's task prior extractor, adaptive task mixing, cross attention
+and shared MLP (Xu et al.; the released ``AdaptHead`` as in reference/models.md section 6.2).
+
+The adaptive task mixing's spatial MLP maps the S positions of the stride-4 grid to S: its size is
+fixed by the input size the model is compiled for (the released code hard-codes NYUD's 14,980).
+The cross attention's ``over = "self"`` is the released code at one image per GPU: a softmax over a
+single key, whose query/key projections never get a gradient.
+"""
+from __future__ import annotations
+
+from ..types import FeatureMap, TaskMap, same_dim
+from .demt import QK_IDLE, _check_heads, _positions, _task_maps
+from .registry import Block, Call, Input, Param, register
+
+
+@register
+class TaskPriorExtractor(Block):
+    name = "task_prior_extractor"
+    family = "tpanet"
+    doc = ("TPANet task prior extractor (paper eqs. 1-3): per task F_tp^t = specific_t(x) + inject(x) "
+           "with 1x1 convolutions. Released code: groups 2, no BatchNorm; paper: groups 1 + "
+           "BatchNorm.")
+    args = {
+        "x": Input((FeatureMap,), "aggregated features"),
+        "dim": Param(int, doc="output channels D", min=1),
+        "groups": Param(int, 2, "groups of every 1x1 convolution", min=1),
+        "norm": Param(str, "none", "normalisation after each convolution", choices=("none", "bn")),
+    }
+
+    def infer(self, call: Call) -> TaskMap:
+        x: FeatureMap = call.inputs["x"]
+        g = call["groups"]
+        if x.channels % g or call["dim"] % g:
+            raise call.fail(f"groups = {g} must divide the input channels ({x.channels}) and dim "
+                            f"({call['dim']})", "x")
+        out = FeatureMap(channels=call["dim"], h=x.h, w=x.w)
+        return TaskMap(items={t: out for t in call.task_names})
+
+    def build(self, call: Call):
+        from ..modules.tpanet import TaskPriorExtractor as Module
+
+        return Module(call.inputs["x"].channels, call["dim"], call.task_names, call["groups"],
+                      call["norm"] == "bn")
+
+
+@register
+class AdaptiveTaskMixing(Block):
+    name = "adaptive_task_mixing"
+    family = "tpanet"
+    doc = ("TPANet adaptive task mixing (paper eqs. 4-7) on the channel concat of the task maps: "
+           "spatial MLP over the S positions (hidden int(S * ratio), at least 1) and channel MLP "
+           "over T*D, each residual after the one shared LayerNorm; split back per task. The "
+           "spatial MLP is built for the input size the model is compiled for.")
+    args = {
+        "x": Input((TaskMap,), "per-task maps F_tp^t"),
+        "ratio": Param(float, 0.0005, "spatial MLP hidden width per position", min=0.0, max=1.0),
+    }
+
+    def infer(self, call: Call) -> TaskMap:
+        _task_maps(call, "x")
+        return call.inputs["x"]
+
+    def build(self, call: Call):
+        from ..modules.tpanet import AdaptiveTaskMixing as Module
+
+        maps = _task_maps(call, "x")
+        return Module(maps[0].channels, len(maps), _positions(maps[0], call), call["ratio"])
+
+
+@register
+class TpanetCrossAttention(Block):
+    name = "tpanet_cross_attention"
+    family = "tpanet"
+    doc = ("TPANet cross attention (paper eqs. 9-11): F_tp + F + MHA(F, F, F) + MHA(F_tp, F, F) with "
+           "one attention for both calls. over \"self\": the released code at one image per GPU "
+           "(softmax over a single key: both terms are out_proj(v_proj(F))); \"all\": global "
+           "attention over the task's N tokens.")
+    args = {
+        "x": Input((FeatureMap,), "the task's mixed map F^t (keys and values)"),
+        "prior": Input((FeatureMap,), "the task's prior map F_tp^t (second query)"),
+        "heads": Param(int, 2, "attention heads", min=1),
+        "over": Param(str, "self", "token set each query attends over", choices=("self", "all")),
+    }
+
+    def infer(self, call: Call) -> FeatureMap:
+        x: FeatureMap = call.inputs["x"]
+        p: FeatureMap = call.inputs["prior"]
+        if p.channels != x.channels or not (same_dim(p.h, x.h, call.input_size)
+                                            and same_dim(p.w, x.w, call.input_size)):
+            raise call.fail(f"x {x.shape_str()} and prior {p.shape_str()} must have the same shape",
+                            "x", "prior")
+        _check_heads(call, "x", x.channels)
+        return x
+
+    def build(self, call: Call):
+        from ..modules.tpanet import CrossAttention
+
+        return CrossAttention(call.inputs["x"].channels, call["heads"], call["over"])
+
+    def idle(self, call: Call) -> dict[str, str]:
+        if call["over"] == "self" or _positions(call.inputs["x"], call) == 1:
+            return {"attn.q_proj": QK_IDLE, "attn.k_proj": QK_IDLE}
+        return {}
+
+
+@register
+class TpanetMlp(Block):
+    name = "tpanet_mlp"
+    family = "tpanet"
+    doc = ("TPANet's MLP with residual (paper eq. 12), one module shared by all tasks as released: "
+           "x + mlp(norm2(x)), mlp = [LayerNorm, Linear(D -> ratio*D), GELU, Linear(-> D)].")
+    args = {
+        "x": Input((TaskMap,), "per-task maps"),
+        "ratio": Param(int, 2, "hidden width / D", min=1),
+    }
+
+    def infer(self, call: Call) -> TaskMap:
+        _task_maps(call, "x")
+        return call.inputs["x"]
+
+    def build(self, call: Call):
+        from ..modules.tpanet import SharedMlp
+
+        return SharedMlp(_task_maps(call, "x")[0].channels, call["ratio"])
