@@ -1,0 +1,261 @@
+"""Blocks of the backbones family: timm image encoders returning a multi-scale list of maps.
+
+``check`` must know every level's channels and exact size without torch, so the geometry of each
+supported backbone is in the table below (``BACKBONES``). A name outside the table is a shape
+error; :func:`register_backbone` adds an entry (for example for another timm model that supports
+``features_only``). The nn.Modules are in ``mtl_dsl.modules.backbones``.
+
+Levels: for the convolutional and Swin families level ``k`` is the map at stride ``2**(k+1)``
+(level 1 = stride 4 ... level 4 = stride 32; level 0 = the stride-2 stem where there is one). For
+ViTs a level is a transformer block, counted from 1 (``[6, 12, 18, 24]`` for ViT-L as in InvPT), and
+every level is at stride 16.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ..errors import did_you_mean
+from ..types import Dim, FeatureMap, MultiScale
+from .registry import Block, Call, Input, Param, register
+
+Family = Literal["hrnet", "resnet", "swin", "vit"]
+
+
+@dataclass(frozen=True)
+class BackboneGeometry:
+    """What ``check`` knows about a backbone: its family (which fixes the rounding rules) and the
+    channels of each level. ``depth`` is the number of blocks of a ViT (its levels are 1..depth)."""
+
+    family: Family
+    channels: dict[int, int]  # level -> channels
+    depth: int = 0
+    patch: int = 0  # patch size of a patch-embedding family (Swin 4, ViT 16)
+
+    @property
+    def levels(self) -> tuple[int, ...]:
+        return tuple(sorted(self.channels))
+
+    @property
+    def default_levels(self) -> list[int]:
+        if self.family == "vit":  # a quarter, half, three quarters and all of the depth, as InvPT
+            return [self.depth * k // 4 for k in (1, 2, 3, 4)]
+        return [1, 2, 3, 4]
+
+    def level_size(self, level: int, d: Dim, pad_to_patch: bool) -> Dim:
+        """The size of ``level`` along one axis of input size ``d``, rounded as the torch ops do."""
+        if self.family == "hrnet":  # two stride-2 3x3 stem convs, then a stride-2 3x3 per branch
+            return _repeat(d, level + 1, lambda x: x.conv(3, 2, 1))
+        if self.family == "resnet":  # 7x7/2 conv, 3x3/2 max-pool, then a stride-2 3x3 per stage
+            out = d.conv(7, 2, 3)
+            if level >= 1:
+                out = out.pool(3, 2, padding=1)
+            return _repeat(out, level - 1, lambda x: x.conv(3, 2, 1))
+        if self.family == "swin":
+            # padded: ceil(H/4); timm unpadded: the stride-4 patch conv floors. Patch merging pads
+            # odd sizes, so every later stage halves with ceil.
+            out = d.cdiv(self.patch) if pad_to_patch else d.conv(self.patch, self.patch)
+            return _repeat(out, level - 1, lambda x: x.cdiv(2))
+        if self.family == "vit":
+            return d.cdiv(self.patch) if pad_to_patch else d.conv(self.patch, self.patch)
+        raise ValueError(self.family)
+
+
+def _repeat(d: Dim, times: int, step) -> Dim:
+    for _ in range(times):
+        d = step(d)
+    return d
+
+
+def _cnn(family: Family, channels: tuple[int, ...]) -> BackboneGeometry:
+    return BackboneGeometry(family, dict(enumerate(channels)))
+
+
+def _swin(embed: int) -> BackboneGeometry:
+    return BackboneGeometry("swin", {k: embed * 2 ** (k - 1) for k in (1, 2, 3, 4)}, patch=4)
+
+
+def _vit(width: int, depth: int) -> BackboneGeometry:
+    return BackboneGeometry("vit", {k: width for k in range(1, depth + 1)}, depth=depth, patch=16)
+
+
+# The backbones `check` knows. Channels checked against timm by tests/test_backbones.py.
+BACKBONES: dict[str, BackboneGeometry] = {
+    "hrnet_w18_small": _cnn("hrnet", (64, 16, 32, 64, 128)),
+    "hrnet_w18_small_v2": _cnn("hrnet", (64, 18, 36, 72, 144)),
+    "hrnet_w18": _cnn("hrnet", (64, 18, 36, 72, 144)),
+    "hrnet_w32": _cnn("hrnet", (64, 32, 64, 128, 256)),
+    "hrnet_w48": _cnn("hrnet", (64, 48, 96, 192, 384)),
+    "resnet18": _cnn("resnet", (64, 64, 128, 256, 512)),
+    "resnet34": _cnn("resnet", (64, 64, 128, 256, 512)),
+    "resnet50": _cnn("resnet", (64, 256, 512, 1024, 2048)),
+    "resnet101": _cnn("resnet", (64, 256, 512, 1024, 2048)),
+    "swin_tiny_patch4_window7_224": _swin(96),
+    "swin_small_patch4_window7_224": _swin(96),
+    "swin_base_patch4_window7_224": _swin(128),
+    "swin_base_patch4_window12_384": _swin(128),
+    "swin_large_patch4_window7_224": _swin(192),
+    "swin_large_patch4_window12_384": _swin(192),
+    "vit_tiny_patch16_224": _vit(192, 12),
+    "vit_tiny_patch16_384": _vit(192, 12),
+    "vit_small_patch16_224": _vit(384, 12),
+    "vit_small_patch16_384": _vit(384, 12),
+    "vit_base_patch16_224": _vit(768, 12),
+    "vit_base_patch16_384": _vit(768, 12),
+    "vit_large_patch16_224": _vit(1024, 24),
+    "vit_large_patch16_384": _vit(1024, 24),
+    "test_vit": _vit(64, 6),  # timm's tiny test ViT, for fast tests
+}
+
+
+def register_backbone(name: str, geometry: BackboneGeometry) -> None:
+    """Make another timm model known to ``check`` (its family fixes the rounding rules)."""
+    BACKBONES[name] = geometry
+
+
+def lookup_backbone(name: str) -> BackboneGeometry | None:
+    """The geometry of ``name``; a timm pretrained tag (``resnet50.a1_in1k``) is ignored."""
+    return BACKBONES.get(name) or BACKBONES.get(name.split(".")[0])
+
+
+@dataclass(frozen=True)
+class BackboneOptions:
+    """The block's parameters with the family defaults filled in."""
+
+    geometry: BackboneGeometry
+    levels: list[int]
+    hrnet_fusion: str
+    output_norms: bool
+    pad_to_patch: bool
+    swin_window: str
+    vit_norm: list[int]
+
+
+def resolve_options(call: Call) -> BackboneOptions:
+    name = call["name"]
+    geometry = lookup_backbone(name)
+    if geometry is None:
+        hint = did_you_mean(name, BACKBONES)
+        raise call.fail(
+            f"unknown backbone '{name}': `check` knows the backbones of its table "
+            f"(mtl_dsl.blocks.backbones.BACKBONES: {len(BACKBONES)} models)", "name",
+            hint=hint or "another timm model that supports features_only can be described with "
+                         "mtl_dsl.blocks.backbones.register_backbone")
+    family = geometry.family
+    levels = call["levels"] if call["levels"] is not None else geometry.default_levels
+    if not levels:
+        raise call.fail("levels must name at least one level", "levels")
+    bad = [lv for lv in levels if lv not in geometry.channels]
+    if bad:
+        lo, hi = geometry.levels[0], geometry.levels[-1]
+        raise call.fail(f"backbone '{name}' has no level {bad[0]} (its levels are {lo}..{hi})",
+                        "levels")
+    if any(b <= a for a, b in zip(levels, levels[1:])):
+        raise call.fail(f"levels must be increasing, got {levels}", "levels")
+    if family == "hrnet" and levels == [0]:
+        raise call.fail("an HRNet must return at least one of its branch levels 1..4 (level 0 "
+                        "alone would leave the whole network after the stem unused)", "levels")
+
+    def family_only(param: str, families: tuple[str, ...], default: Any) -> Any:
+        value = call[param]
+        if value is None:
+            return default
+        if family not in families:
+            raise call.fail(f"'{param}' applies to {' and '.join(families)} backbones only; "
+                            f"'{name}' is a {family} backbone", param)
+        return value
+
+    vit_norm = family_only("vit_norm", ("vit",), levels[-1:])
+    if any(lv not in levels for lv in vit_norm):
+        raise call.fail(f"vit_norm {vit_norm} must be a subset of levels {levels}", "vit_norm")
+    return BackboneOptions(
+        geometry=geometry,
+        levels=list(levels),
+        hrnet_fusion=family_only("hrnet_fusion", ("hrnet",), "bilinear"),
+        output_norms=family_only("output_norms", ("swin",), family == "swin"),
+        pad_to_patch=family_only("pad_to_patch", ("swin", "vit"), family == "swin"),
+        swin_window=family_only("swin_window", ("swin",), "mmseg"),
+        vit_norm=list(vit_norm),
+    )
+
+
+@register
+class Backbone(Block):
+    name = "backbone"
+    family = "backbones"
+    doc = ("A timm image encoder returning the maps of the chosen levels (NCHW, in level order). "
+           "Weights are random unless `pretrained` names a local .safetensors file.")
+    args = {
+        "name": Param(str, doc="timm model name, e.g. hrnet_w18_small_v2, "
+                               "swin_tiny_patch4_window7_224, vit_large_patch16_384, resnet50"),
+        "levels": Param(list, None, "levels to return: 1..4 = strides 4..32 (0 = the stride-2 stem "
+                                    "of HRNet/ResNet); ViT: block numbers from 1, all at stride "
+                                    "16. Default [1, 2, 3, 4]; ViT: depth/4, /2, 3/4, depth",
+                        item_type=int, min=0),
+        "pretrained": Param(str, "", "path of a local .safetensors file holding this block's "
+                                     "state_dict (or the timm model's, without the `body.` "
+                                     "prefix); keys must match exactly. Empty: random init"),
+        "hrnet_fusion": Param(str, None, "HRNet: \"bilinear\" (default) fuses branches with a "
+                                         "bilinear x2^k upsample and a size-exact resize, as the "
+                                         "official mmseg HRNet (any input size); \"timm\": timm's "
+                                         "nearest x2^k (needs sizes divisible by 32)",
+                              choices=("bilinear", "timm")),
+        "output_norms": Param(bool, None, "Swin: one LayerNorm per output level, as the mmseg "
+                                          "Swin of DeMT/TPANet (default true)"),
+        "pad_to_patch": Param(bool, None, "Swin/ViT: zero-pad the input bottom/right to a "
+                                          "multiple of the patch size (Swin default true, as "
+                                          "mmseg: 425 -> 428 -> 107 rows; ViT default false: "
+                                          "floor)"),
+        "swin_window": Param(str, None, "Swin: \"mmseg\" (default) pads a map to whole windows "
+                                        "before the cyclic shift, as the official Swin; \"timm\" "
+                                        "shifts then pads. Identical when sizes are multiples of "
+                                        "the window", choices=("mmseg", "timm")),
+        "vit_norm": Param(list, None, "ViT: the levels that get the final LayerNorm (default: the "
+                                      "last level only, as InvPT)", item_type=int, min=1),
+        "drop_path": Param(float, 0.0, "stochastic depth rate (models that support it)",
+                           min=0.0, max=1.0),
+        "images": Input((FeatureMap,), "input images", default="images"),
+    }
+    outputs = ("feats",)
+
+    def infer(self, call: Call) -> MultiScale:
+        opts = resolve_options(call)
+        images: FeatureMap = call.inputs["images"]
+        geometry = opts.geometry
+        return MultiScale(levels=tuple(
+            FeatureMap(channels=geometry.channels[lv],
+                       h=geometry.level_size(lv, images.h, opts.pad_to_patch),
+                       w=geometry.level_size(lv, images.w, opts.pad_to_patch))
+            for lv in opts.levels))
+
+    def build(self, call: Call):
+        from ..modules.backbones import create_backbone
+
+        opts = resolve_options(call)
+        images: FeatureMap = call.inputs["images"]
+        patch = opts.geometry.patch
+        h, w = images.h.eval(*call.input_size), images.w.eval(*call.input_size)
+        if patch:  # the size the patch embedding sees (pos-embed table of a ViT)
+            rounding = (lambda d: -(-d // patch)) if opts.pad_to_patch else (lambda d: d // patch)
+            h, w = rounding(h) * patch, rounding(w) * patch
+        return create_backbone(
+            call["name"], opts.geometry.family, opts.levels, in_chans=images.channels,
+            img_size=(h, w), pretrained=call["pretrained"], hrnet_fusion=opts.hrnet_fusion,
+            output_norms=opts.output_norms, pad_to_patch=opts.pad_to_patch,
+            swin_window=opts.swin_window, vit_norm=opts.vit_norm, drop_path=call["drop_path"])
+
+    def idle(self, call: Call) -> dict[str, str]:
+        opts = resolve_options(call)
+        if opts.geometry.family != "hrnet":
+            return {}
+        # HRNet's last module fuses every branch into every output; the fusions into branches
+        # that are not returned feed nothing.
+        unused = [lv for lv in (1, 2, 3, 4) if lv not in opts.levels]
+        return {f"body.stage4.{HRNET_LAST_MODULE[call['name'].split('.')[0]]}.fuse_layers.{lv - 1}":
+                f"fuses into HRNet branch {lv}, which is not among the returned levels"
+                for lv in unused}
+
+
+# Index of the last module of HRNet's stage 4 (its fusions are the outputs).
+HRNET_LAST_MODULE = {"hrnet_w18_small": 0, "hrnet_w18_small_v2": 1, "hrnet_w18": 2, "hrnet_w32": 2,
+                     "hrnet_w48": 2}
