@@ -1,0 +1,44 @@
+"""Per-task prediction heads: their output channels come from the task profile."""
+from __future__ import annotations
+
+from ..types import FeatureMap
+from .registry import Block, Call, Input, Param, register
+
+
+@register
+class DenseHead(Block):
+    name = "dense_head"
+    doc = ("The multi-task baseline head (ATRC's FCNHead): 3x3 Conv(no bias)-BN-ReLU bottleneck, "
+           "then 1x1 Conv to the task's channels (N(0, 0.01) init). The model resizes the logits "
+           "to the input size.")
+    args = {
+        "x": Input((FeatureMap,), "features"),
+        "task": Param("task", doc="the task whose channels the head predicts"),
+        "width": Param(int, 0, "bottleneck width; 0 = input channels // reduction", min=0),
+        "reduction": Param(int, 4, "bottleneck width = input channels // reduction when width=0",
+                           min=1),
+        "kernel": Param(int, 3, "bottleneck kernel size", min=1, max=7),
+        "kind": Param(str, "final", "which prediction: the task's final channels or its "
+                                    "auxiliary label channels", choices=("final", "aux")),
+        "bottleneck": Param(bool, True, "false: the head is the 1x1 logits conv only"),
+    }
+
+    def _width(self, call: Call) -> int:
+        x: FeatureMap = call.inputs["x"]
+        return call["width"] or x.channels // call["reduction"]
+
+    def infer(self, call: Call) -> FeatureMap:
+        x: FeatureMap = call.inputs["x"]
+        if call["bottleneck"] and self._width(call) < 1:
+            raise call.fail(f"bottleneck width {x.channels} // {call['reduction']} is 0", "x")
+        t = call.task(call["task"])
+        channels = t.aux_channels if call["kind"] == "aux" else t.channels
+        return FeatureMap(channels=channels, h=x.h, w=x.w)
+
+    def build(self, call: Call):
+        from ..modules.heads import DenseHead as Module
+
+        x: FeatureMap = call.inputs["x"]
+        out = self.infer(call).channels
+        width = self._width(call) if call["bottleneck"] else 0
+        return Module(x.channels, width, out, call["kernel"])

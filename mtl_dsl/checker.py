@@ -1,0 +1,231 @@
+"""Shape inference over the IR, before any weight exists.
+
+Every node's output types are inferred by its block's rule from its inputs' types, symbolically in
+batch and input size (``H``, ``W``); where two symbolic sizes differ in form they are compared at the
+input size the model is compiled for. Mismatches name both nodes and their source lines. Nodes
+that no output depends on are rejected (dead branches). Pure Python: no torch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .blocks import REGISTRY
+from .blocks.registry import Call, Input, ShapeError
+from .errors import Diagnostic, SpecError
+from .frontend.parser import _lines  # noqa: F401  (shared line splitting)
+from .ir import IMAGES, CollectionRef, ModelIR, Node, Ref, SourceLoc
+from .types import Dim, FeatureMap, H, MultiScale, TaskMap, Tokens, W, describe, kind_name
+
+
+@dataclass
+class CheckedGraph:
+    """The IR with every node's output types: what the compiler builds from."""
+
+    ir: ModelIR
+    types: dict[str, tuple[Any, ...]]  # node -> output types
+    calls: dict[str, Call] = field(default_factory=dict)
+
+    def output_type(self, ref: Ref) -> Any:
+        return self.types[ref.node][ref.index]
+
+    def input_type(self, value: Ref | CollectionRef | None) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, Ref):
+            return self.output_type(value)
+        return TaskMap(items={k: self.input_type(v) for k, v in value.items.items()})
+
+
+def image_type() -> FeatureMap:
+    return FeatureMap(channels=3, h=H, w=W)
+
+
+class _Checker:
+    def __init__(self, ir: ModelIR, sources: dict[str, list[str]]):
+        self.ir = ir
+        self.sources = sources
+        self.errors: list[Diagnostic] = []
+        self.types: dict[str, tuple[Any, ...]] = {IMAGES: (image_type(),)}
+        self.nodes = {n.name: n for n in ir.nodes}
+        self.calls: dict[str, Call] = {}
+
+    def error(self, loc: SourceLoc, message: str, hint: str = "", notes: tuple[str, ...] = ()):
+        lines = self.sources.get(loc.file, [])
+        text = lines[loc.line - 1] if 0 < loc.line <= len(lines) else ""
+        self.errors.append(Diagnostic(loc.file, loc.line, loc.column, message, hint, text,
+                                      loc.length, notes))
+
+    def where(self, node: str) -> str:
+        if node == IMAGES:
+            return "the model input 'images'"
+        n = self.nodes[node]
+        return f"node '{node}' ({n.block}) at {n.loc.file}:{n.loc.line}"
+
+    def value_type(self, value: Ref | CollectionRef | None) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, Ref):
+            outs = self.types.get(value.node)
+            if outs is None:
+                raise _Skip()
+            return outs[value.index]
+        return TaskMap(items={k: self.value_type(v) for k, v in value.items.items()})
+
+    def producer(self, value: Ref | CollectionRef | None) -> str:
+        if isinstance(value, Ref):
+            return value.node
+        if isinstance(value, CollectionRef):
+            refs = value.refs()
+            return refs[0].node if refs else ""
+        return ""
+
+    def check(self) -> CheckedGraph:
+        size = tuple(self.ir.input_size)
+        for node in self.ir.nodes:
+            block = REGISTRY.get(node.block)
+            if block is None:
+                self.error(node.loc, f"unknown block '{node.block}' in the IR")
+                continue
+            try:
+                inputs = {k: self.value_type(v) for k, v in node.inputs.items()}
+            except _Skip:
+                continue  # an input failed already; its error is reported
+            bad = False
+            for arg_name, spec in block.inputs().items():
+                t = inputs.get(arg_name)
+                if t is None:
+                    continue
+                if not spec.accepts(t):
+                    src = self.producer(node.inputs[arg_name])
+                    self.error(node.loc, f"argument '{arg_name}' of '{node.block}' takes a "
+                                         f"{spec.type_name()}, but gets a {kind_name(t)} "
+                                         f"{t.shape_str()}",
+                               notes=(f"the value comes from {self.where(src)}",))
+                    bad = True
+            if bad:
+                continue
+            call = Call(node=node.name, block=node.block, inputs=inputs, params=dict(node.params),
+                        tasks=tuple(self.ir.tasks), input_size=size,  # type: ignore[arg-type]
+                        producers={k: self.producer(v) for k, v in node.inputs.items()})
+            try:
+                result = block.infer(call)
+            except ShapeError as e:
+                notes = tuple(f"'{a}' comes from {self.where(call.producers[a])}"
+                              for a in e.args_involved if call.producers.get(a))
+                self.error(node.loc, f"{node.block} '{node.name}': {e.message}", e.hint, notes)
+                continue
+            outs = result if isinstance(result, tuple) else (result,)
+            if len(outs) != node.num_outputs:
+                self.error(node.loc, f"block '{node.block}' returned {len(outs)} values, "
+                                     f"declared {node.num_outputs}")
+                continue
+            self.types[node.name] = outs
+            self.calls[node.name] = call
+            if node.shape is not None:
+                self._check_assertion(node, outs[0], size)
+        self._check_outputs(size)
+        self._check_dead()
+        if self.errors:
+            raise SpecError(self.errors)
+        return CheckedGraph(self.ir, self.types, self.calls)
+
+    def _check_assertion(self, node: Node, t: Any, size: tuple[int, int]) -> None:
+        assert node.shape is not None
+        want = node.shape.dims
+        if isinstance(t, FeatureMap):
+            have: list[Any] = ["B", t.channels, t.h, t.w]
+        elif isinstance(t, Tokens):
+            have = ["B", t.groups * t.h.eval(*size) * t.w.eval(*size), t.channels]
+        else:
+            self.error(node.shape.loc, f"a shape assertion needs a feature map or tokens; "
+                                       f"'{node.name}' is a {kind_name(t)}")
+            return
+        ok = len(want) == len(have)
+        if ok:
+            for w_dim, h_dim in zip(want, have):
+                if w_dim == "_" or w_dim == "B" and h_dim == "B":
+                    continue
+                if isinstance(w_dim, int) and not isinstance(h_dim, Dim):
+                    ok = ok and w_dim == h_dim
+                elif isinstance(h_dim, Dim):
+                    expect = _parse_dim(w_dim)
+                    ok = ok and expect is not None and expect.eval(*size) == h_dim.eval(*size)
+                else:
+                    ok = False
+        if not ok:
+            shown = "[" + ", ".join(str(d) for d in want) + "]"
+            self.error(node.shape.loc, f"shape assertion failed: '{node.name}' is "
+                                       f"{t.shape_str()}, expected {shown}",
+                       notes=(f"at input size {size[0]}x{size[1]}",))
+
+    def _check_outputs(self, size: tuple[int, int]) -> None:
+        tasks = {t.name: t for t in self.ir.tasks}
+        for o in self.ir.outputs:
+            outs = self.types.get(o.value.node)
+            if outs is None:
+                continue
+            t = outs[o.value.index]
+            if not isinstance(t, FeatureMap):
+                self.error(o.loc, f"output '{o.name}' of task '{o.task}' must be a feature map, "
+                                  f"got {describe(t)}",
+                           notes=(f"it comes from {self.where(o.value.node)}",))
+                continue
+            want = tasks[o.task].aux_channels if o.name == "aux" else tasks[o.task].channels
+            if t.channels != want:
+                what = "auxiliary" if o.name == "aux" else "output"
+                self.error(o.loc, f"output '{o.name}' of task '{o.task}' has {t.channels} "
+                                  f"channels; the task's {what} has {want}",
+                           notes=(f"it comes from {self.where(o.value.node)}",))
+
+    def _check_dead(self) -> None:
+        live: set[str] = set()
+        stack = [o.value.node for o in self.ir.outputs]
+        while stack:
+            name = stack.pop()
+            if name in live or name == IMAGES:
+                continue
+            live.add(name)
+            stack.extend(r.node for r in self.nodes[name].refs())
+        for n in self.ir.nodes:
+            if n.name not in live and n.name in self.types:
+                self.error(n.loc, f"node '{n.name}' ({n.block}) is never used: no output depends "
+                                  f"on it", "remove it, or feed it into an output")
+
+
+class _Skip(Exception):
+    pass
+
+
+def _parse_dim(text: Any) -> Dim | None:
+    """'H/4' -> ceil(H/4) etc. (the canonical text a Dim prints)."""
+    if isinstance(text, int):
+        return Dim.of(text)
+    if not isinstance(text, str):
+        return None
+    import re
+
+    s = text.strip()
+    m = re.fullmatch(r"(\d+)\*\((.*)\)|(\d+)\*([HW].*)", s)
+    if m:
+        k = int(m.group(1) or m.group(3))
+        inner = _parse_dim(m.group(2) or m.group(4))
+        return inner.mul(k) if inner else None
+    m = re.fullmatch(r"([HW])((?:(?://|/)\d+)*)", s)
+    if not m:
+        return None
+    d = Dim.of(m.group(1))
+    for op, k in re.findall(r"(//|/)(\d+)", m.group(2)):
+        d = d.fdiv(int(k)) if op == "//" else d.cdiv(int(k))
+    return d
+
+
+def check_ir(ir: ModelIR, sources: dict[str, list[str]] | None = None) -> CheckedGraph:
+    return _Checker(ir, sources or {}).check()
+
+
+def load_sources(ir: ModelIR) -> dict[str, list[str]]:
+    return {}
+
+
+__all__ = ["CheckedGraph", "check_ir", "image_type", "Input", "MultiScale"]

@@ -1,0 +1,102 @@
+"""The one error type of the language: every mistake in a spec is a ``SpecError``.
+
+A ``SpecError`` carries one or more diagnostics (file, line, column, message, hint) so that a spec
+with several independent mistakes reports all of them in one run. ``str(error)`` renders each as
+``file:line:col: error: message``, the source line and a caret, which is what the CLI prints.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from difflib import get_close_matches
+from typing import Iterable
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    file: str
+    line: int
+    column: int
+    message: str
+    hint: str = ""
+    source_line: str = ""
+    length: int = 1
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def render(self) -> str:
+        out = [f"{self.file}:{self.line}:{self.column}: error: {self.message}"]
+        if self.source_line:
+            text = self.source_line.rstrip("\n").replace("\t", " ")
+            if len(text) > 200:  # very long lines: show a window around the column
+                start = max(0, self.column - 80)
+                text = ("..." if start else "") + text[start:start + 160]
+                col = self.column - start + (3 if start else 0)
+            else:
+                col = self.column
+            gutter = f"{self.line:>5} | "
+            out.append(gutter + text)
+            width = max(1, min(self.length, max(1, len(text) - col + 1)))
+            out.append(" " * (len(gutter) - 2) + "| " + " " * max(0, col - 1) + "^" + "~" * (width - 1))
+        for note in self.notes:
+            out.append(f"note: {note}")
+        if self.hint:
+            out.append(f"hint: {self.hint}")
+        return "\n".join(out)
+
+
+class SpecError(Exception):
+    """One or more located mistakes in a spec (or a run config, or a file the user named)."""
+
+    def __init__(self, diagnostics: Diagnostic | Iterable[Diagnostic]):
+        if isinstance(diagnostics, Diagnostic):
+            diagnostics = [diagnostics]
+        self.diagnostics: list[Diagnostic] = list(diagnostics)
+        if not self.diagnostics:
+            raise ValueError("SpecError needs at least one diagnostic")
+        super().__init__(self.render())
+
+    # The fields of the first diagnostic, for callers that handle one error at a time.
+    @property
+    def file(self) -> str:
+        return self.diagnostics[0].file
+
+    @property
+    def line(self) -> int:
+        return self.diagnostics[0].line
+
+    @property
+    def column(self) -> int:
+        return self.diagnostics[0].column
+
+    @property
+    def message(self) -> str:
+        return self.diagnostics[0].message
+
+    @property
+    def hint(self) -> str:
+        return self.diagnostics[0].hint
+
+    def render(self) -> str:
+        text = "\n\n".join(d.render() for d in self.diagnostics)
+        if len(self.diagnostics) > 1:
+            text += f"\n\n{len(self.diagnostics)} errors"
+        return text
+
+    def __str__(self) -> str:
+        return self.render()
+
+
+def did_you_mean(name: str, options: Iterable[str]) -> str:
+    """A hint naming the closest option, or '' when nothing is close."""
+    close = get_close_matches(name, sorted(set(options)), n=3, cutoff=0.6)
+    if not close:
+        return ""
+    if len(close) == 1:
+        return f"did you mean '{close[0]}'?"
+    return "did you mean " + ", ".join(f"'{c}'" for c in close[:-1]) + f" or '{close[-1]}'?"
+
+
+def simple_error(file: str, message: str, hint: str = "", line: int = 1, column: int = 1,
+                 source_line: str = "") -> SpecError:
+    """An error about a whole file (too large, not UTF-8, missing) or a CLI value."""
+    return SpecError(Diagnostic(file=file, line=line, column=column, message=message, hint=hint,
+                                source_line=source_line))
