@@ -69,6 +69,7 @@ class Node(BaseModel):
     trace: list[SourceLoc] = []  # the calls of user blocks this node was inlined through
     num_outputs: int = 1
     shape: ShapeAssertion | None = None
+    defaulted: list[str] = []  # params the spec did not give (the block's defaults)
 
     def refs(self) -> list[Ref]:
         out: list[Ref] = []

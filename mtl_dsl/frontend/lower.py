@@ -862,6 +862,7 @@ class Lowerer:
             self._current_target = saved
         inputs: dict[str, Any] = {}
         params: dict[str, Any] = {}
+        defaulted: list[str] = []
         missing = []
         for arg_name, spec in block.args.items():
             if isinstance(spec, Input):
@@ -881,6 +882,7 @@ class Lowerer:
                         missing.append(arg_name)
                     else:
                         params[arg_name] = spec.default
+                        defaulted.append(arg_name)
                     continue
                 value, loc = bound[arg_name]
                 params[arg_name] = self._param_value(block, arg_name, spec, value, loc)
@@ -897,7 +899,7 @@ class Lowerer:
             raise SpecError(self.errors)
         node = Node(name=name, block=block.name, inputs=inputs, params=params,
                     loc=_sloc(expr.loc), trace=list(self.trace), num_outputs=len(block.outputs),
-                    shape=assertion)
+                    shape=assertion, defaulted=defaulted)
         self.nodes.append(node)
         self.node_names.add(name)
         if len(block.outputs) == 1:

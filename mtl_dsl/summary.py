@@ -1,0 +1,109 @@
+"""The table ``mtl-dsl compile`` prints: one row per node, then exact totals."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .checker import CheckedGraph
+from .compiler import CompiledModel, compile_graph
+
+
+def _concrete(t: Any, size: tuple[int, int], batch: int) -> str:
+    kind = getattr(t, "kind", "")
+    if kind == "map":
+        return f"[{batch}, {t.channels}, {t.h.eval(*size)}, {t.w.eval(*size)}]"
+    if kind == "tokens":
+        return f"[{batch}, {t.groups * t.h.eval(*size) * t.w.eval(*size)}, {t.channels}]"
+    if kind == "multiscale":
+        return " ".join(_concrete(lv, size, batch) for lv in t.levels)
+    if kind == "attention":
+        q = t.queries.groups * t.queries.h.eval(*size) * t.queries.w.eval(*size)
+        k = t.keys.groups * t.keys.h.eval(*size) * t.keys.w.eval(*size)
+        return f"[{batch}, {t.heads}, {q}, {k}]"
+    if kind == "taskmap":
+        return "{" + ", ".join(f"{k}: {_concrete(v, size, batch)}" for k, v in t.items.items()) + "}"
+    return "?"
+
+
+def model_figures(model: CompiledModel, batch: int = 1, count_flops: bool = True) -> dict[str, Any]:
+    """Parameters per node and in total; multiply-adds per node and in total (eval mode)."""
+    params = {n.name: sum(p.numel() for p in model.get_submodule(n.name).parameters())
+              for n in model.ir.nodes}
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    macs: dict[str, int] = {}
+    total_macs = None
+    uncounted: tuple[str, ...] = ()
+    if count_flops:
+        from .flops import count_macs
+
+        was_training = model.training
+        model.eval()
+        h, w = model.input_size
+        report = count_macs(model, torch.zeros(batch, 3, h, w))
+        model.train(was_training)
+        total_macs = report.total
+        uncounted = report.uncounted
+        for n in model.ir.nodes:
+            macs[n.name] = report.per_module.get(n.name, 0)
+    return dict(params=params, total=total, trainable=trainable, macs=macs,
+                total_macs=total_macs, uncounted=uncounted)
+
+
+def print_summary(graph: CheckedGraph, batch: int = 1, count_flops: bool = True,
+                  model: CompiledModel | None = None) -> CompiledModel:
+    model = model or compile_graph(graph)
+    ir = graph.ir
+    size = tuple(ir.input_size)
+    figures = model_figures(model, batch, count_flops)
+    rows = []
+    for n in ir.nodes:
+        shape = " ".join(_concrete(t, size, batch) for t in graph.types[n.name])
+        gmacs = f"{figures['macs'][n.name] / 1e9:.3f}" if count_flops else "-"
+        rows.append((n.name, n.block, shape, f"{figures['params'][n.name]:,}", gmacs))
+    headers = ("node", "block", "output shape", "params", "GMACs")
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+    widths[2] = min(widths[2], 60)
+
+    def line(cells: tuple[str, ...]) -> str:
+        out = []
+        for i, c in enumerate(cells):
+            c = c if len(c) <= widths[i] else c[:widths[i] - 3] + "..."
+            out.append(c.rjust(widths[i]) if i >= 3 else c.ljust(widths[i]))
+        return "  ".join(out)
+
+    tasks = ", ".join(f"{t.name}:{t.channels}" for t in ir.tasks)
+    print(f"model '{ir.name}' from {ir.file}" + (f", preset {ir.preset}" if ir.preset else ""))
+    print(f"tasks ({ir.profile}): {tasks}; input {size[0]}x{size[1]}, batch {batch}")
+    print()
+    print(line(headers))
+    print(line(tuple("-" * w for w in widths)))
+    for r in rows:
+        print(line(r))
+    print()
+    idle = sum(p.numel() for name, p in model.named_parameters() if name in model.idle_parameters)
+    print(f"parameters: {figures['total']:,} total ({figures['total'] / 1e6:.2f} M), "
+          f"{figures['trainable']:,} trainable, {idle:,} idle")
+    if count_flops:
+        m = figures["total_macs"]
+        print(f"multiply-adds: {m / 1e9:.2f} G MACs at batch {batch} "
+              f"({2 * m / 1e9:.2f} GFLOPs; 1 MAC = 2 FLOPs). The papers' tables count "
+              f"multiply-adds (GFLOPs in their text), as fvcore's conv+mm count does; their "
+              f"printed figures came from a module-hook counter (see benchmarks/paper_tables.py).")
+        if figures["uncounted"]:
+            print(f"NOT COUNTED (ops without a formula, the total may be low): "
+                  f"{', '.join(figures['uncounted'])}")
+        else:
+            print("every op that does multiply-adds was counted.")
+    if model.idle_parameters:
+        print("idle parameters (built for parity with the official model, never receive a "
+              "gradient, frozen):")
+        reasons: dict[str, list[str]] = {}
+        for name, reason in model.idle_parameters.items():
+            reasons.setdefault(reason, []).append(name)
+        for reason, names in reasons.items():
+            shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+            print(f"  {shown}: {reason}")
+    return model
