@@ -34,28 +34,45 @@ def _task_maps(call: Call, name: str) -> dict[str, FeatureMap]:
     return maps
 
 
+LEVEL_DOC = "which map of a multi-scale input (an index into the list; -1 = the last)"
+
+
+def _picked(call: Call, name: str = "x") -> FeatureMap:
+    """The input map, or the chosen level of a multi-scale input."""
+    x = call.inputs[name]
+    if isinstance(x, FeatureMap):
+        return x
+    k = call["level"]
+    if not -len(x.levels) <= k < len(x.levels):
+        raise call.fail(f"level {k} is out of range for a multi-scale input of {len(x.levels)} "
+                        f"maps", name, "level")
+    return x.levels[k]
+
+
 @register
 class EfaEmbed(Block):
     name = "invpt_efa_embed"
     family = "invpt"
     doc = ("Encoder-feature aggregation input: a 3x3 conv of an encoder map to a stage's width "
            "(up=1), or a 3x3 stride-2 transposed conv (padding 1, output padding 1) that also "
-           "doubles the grid (up=2; InvPT's ViT block-6 features to stride 8).")
+           "doubles the grid (up=2; InvPT's ViT block-6 features to stride 8); up=4: a 4x4 "
+           "stride-4 transposed conv (our choice for the paper variant, which does not say).")
     args = {
-        "x": Input((FeatureMap,), "encoder map"),
+        "x": Input((FeatureMap, MultiScale), "encoder map (or the encoder's maps)"),
         "channels": Param(int, doc="output channels (the width of the stage it feeds)", min=1),
-        "up": Param(int, 1, "1: same grid; 2: twice the grid", choices=(1, 2)),
+        "up": Param(int, 1, "grid enlargement: 1, 2 or 4", choices=(1, 2, 4)),
+        "level": Param(int, -1, LEVEL_DOC, min=-64, max=64),
     }
 
     def infer(self, call: Call) -> FeatureMap:
-        x: FeatureMap = call.inputs["x"]
+        x = _picked(call)
         k = call["up"]
         return FeatureMap(channels=call["channels"], h=x.h.mul(k), w=x.w.mul(k))
 
     def build(self, call: Call):
         from ..modules.invpt import EfaEmbed as Module
 
-        return Module(call.inputs["x"].channels, call["channels"], call["up"])
+        return Module(_picked(call).channels, call["channels"], call["up"], call["level"])
 
 
 @register
@@ -66,12 +83,13 @@ class DecoderInput(Block):
            "decoder starts at half the ViT grid (stride 32); factor=1 keeps the encoder grid, as "
            "the paper describes.")
     args = {
-        "x": Input((FeatureMap,), "encoder map"),
+        "x": Input((FeatureMap, MultiScale), "encoder map (or the encoder's maps)"),
         "factor": Param(int, 2, "downsampling factor", min=1, max=8),
+        "level": Param(int, -1, LEVEL_DOC, min=-64, max=64),
     }
 
     def infer(self, call: Call) -> FeatureMap:
-        x: FeatureMap = call.inputs["x"]
+        x = _picked(call)
         k = call["factor"]
         out = FeatureMap(channels=x.channels, h=x.h.fdiv(k), w=x.w.fdiv(k))
         if min(out.h.eval(*call.input_size), out.w.eval(*call.input_size)) < 1:
@@ -82,7 +100,7 @@ class DecoderInput(Block):
     def build(self, call: Call):
         from ..modules.invpt import DecoderInput as Module
 
-        return Module(call["factor"])
+        return Module(call["factor"], call["level"])
 
 
 @register
@@ -136,6 +154,26 @@ class TaskMix(Block):
                       call["channels"])
 
 
+def _task_entry(call: Call, name: str = "x") -> FeatureMap:
+    """The input map, or task `task`'s map of a per-task collection."""
+    x = call.inputs[name]
+    if isinstance(x, FeatureMap):
+        return x
+    task = call["task"]
+    if not task:
+        raise call.fail(f"'{name}' is a per-task collection: name the task, task = t", name)
+    if task not in x.items:
+        raise call.fail(f"'{name}' has no entry for task '{task}' (it has "
+                        f"{', '.join(x.items) or 'none'})", name, "task")
+    value = x.items[task]
+    if not isinstance(value, FeatureMap):
+        raise call.fail(f"task '{task}' of '{name}' is {value.shape_str()}, not a feature map", name)
+    return value
+
+
+TASK_DOC = "the task to take from a per-task collection input"
+
+
 @register
 class UpEmbed(Block):
     name = "invpt_up_embed"
@@ -144,28 +182,31 @@ class UpEmbed(Block):
            "Conv(no bias)-BN-ReLU with dilation 2 (padding 2), as the official code; plus the "
            "encoder-feature (EFA) map when `efa` is given.")
     args = {
-        "x": Input((FeatureMap,), "the task's map from the previous stage"),
+        "x": Input((FeatureMap, TaskMap), "the task's map from the previous stage (or the "
+                                          "stage's per-task maps, with `task`)"),
         "channels": Param(int, doc="output channels (the next stage's width)", min=1),
         "efa": Input((FeatureMap,), "encoder-feature map added after the convs", optional=True),
+        "task": Param(str, "", TASK_DOC),
         "dilation": Param(int, 2, "dilation (= padding) of both 3x3 convs", min=1, max=8),
     }
 
     def infer(self, call: Call) -> FeatureMap:
-        x: FeatureMap = call.inputs["x"]
+        x = _task_entry(call)
         out = FeatureMap(channels=call["channels"], h=x.h.mul(2), w=x.w.mul(2))
         efa: FeatureMap | None = call.inputs.get("efa")
         if efa is not None and (efa.channels != out.channels or not _same_grid(efa, out, call)):
+            size = call.input_size
             raise call.fail(
                 f"the encoder-feature map {efa.shape_str()} must match the up-embedded map "
-                f"{out.shape_str()} (at input size {call.input_size[0]}x{call.input_size[1]}: "
-                f"{efa.concrete(call.input_size)} vs {out.concrete(call.input_size)}); the official "
-                f"decoder needs an encoder grid divisible by 2 per stage", "efa", "x")
+                f"{out.shape_str()} (at input size {size[0]}x{size[1]}: "
+                f"{efa.concrete(size)} vs {out.concrete(size)}); the official decoder halves "
+                f"the encoder grid, so it needs an even grid", "efa", "x")
         return out
 
     def build(self, call: Call):
         from ..modules.invpt import UpEmbed as Module
 
-        return Module(call.inputs["x"].channels, call["channels"], call["dilation"])
+        return Module(_task_entry(call).channels, call["channels"], call["dilation"], call["task"])
 
 
 @register
@@ -262,44 +303,72 @@ class JointNorm(Block):
 
 
 @register
-class SumScales(Block):
-    name = "invpt_sum_scales"
+class FuseStages(Block):
+    name = "invpt_fuse_stages"
     family = "invpt"
-    doc = ("Resizes every level bilinearly to `scale` times the grid of the finest level and sums "
-           "them: the official decoder output at stride 4 (twice the last stage's grid).")
+    doc = ("One task's decoder output from all stages (official `redu_chan` + resize + sum): every "
+           "stage after the first is projected by a 1x1 conv (with bias) to `channels`, each is "
+           "resized bilinearly to `scale` times the last stage's grid, and they are summed.")
     args = {
-        "levels": Input((MultiScale, TaskMap), "maps of one width (a list, or a collection such "
-                                               "as one task's stages)"),
-        "scale": Param(int, 2, "output grid / finest level's grid", min=1, max=8),
+        "stages": Input((TaskMap, MultiScale), "the stages' outputs in order: per-task "
+                                               "collections (with `task`) or maps"),
+        "channels": Param(int, doc="output channels (the first stage's width)", min=1),
+        "task": Param(str, "", TASK_DOC),
+        "scale": Param(int, 2, "output grid / last stage's grid", min=1, max=16),
     }
 
     @staticmethod
-    def _levels(call: Call) -> list[FeatureMap]:
-        value = call.inputs["levels"]
-        levels = list(value.levels) if isinstance(value, MultiScale) else list(value.items.values())
-        if not levels:
-            raise call.fail("no levels to sum", "levels")
-        for lv in levels:
-            if not isinstance(lv, FeatureMap):
-                raise call.fail(f"every level must be a feature map, got {lv.shape_str()}", "levels")
-            if lv.channels != levels[0].channels:
-                raise call.fail(f"levels to sum must have one width, got {levels[0].channels} and "
-                                f"{lv.channels}", "levels")
-        return levels
-
-    @classmethod
-    def _finest(cls, call: Call) -> int:
-        levels = cls._levels(call)
-        sizes = [lv.h.eval(*call.input_size) * lv.w.eval(*call.input_size) for lv in levels]
-        return max(range(len(levels)), key=sizes.__getitem__)
+    def _stages(call: Call) -> list[FeatureMap]:
+        value = call.inputs["stages"]
+        items = list(value.levels) if isinstance(value, MultiScale) else list(value.items.values())
+        if not items:
+            raise call.fail("no stages to fuse", "stages")
+        out = []
+        for item in items:
+            if isinstance(item, TaskMap):
+                task = call["task"]
+                if task not in item.items:
+                    raise call.fail(f"a stage has no map for task '{task or '(none given)'}'",
+                                    "stages", "task")
+                item = item.items[task]
+            if not isinstance(item, FeatureMap):
+                raise call.fail(f"a stage is {item.shape_str()}, not a feature map", "stages")
+            out.append(item)
+        if out[0].channels != call["channels"]:
+            raise call.fail(f"the first stage has {out[0].channels} channels; it is not projected, "
+                            f"so it must have `channels` = {call['channels']}", "stages", "channels")
+        return out
 
     def infer(self, call: Call) -> FeatureMap:
-        levels = self._levels(call)
-        finest = levels[self._finest(call)]
+        last = self._stages(call)[-1]
         k = call["scale"]
-        return FeatureMap(channels=finest.channels, h=finest.h.mul(k), w=finest.w.mul(k))
+        return FeatureMap(channels=call["channels"], h=last.h.mul(k), w=last.w.mul(k))
 
     def build(self, call: Call):
-        from ..modules.invpt import SumScales as Module
+        from ..modules.invpt import FuseStages as Module
 
-        return Module(self._finest(call), call["scale"])
+        widths = [m.channels for m in self._stages(call)]
+        value = call.inputs["stages"]
+        keys = list(range(len(widths))) if isinstance(value, MultiScale) else list(value.items)
+        return Module(keys, widths, call["channels"], call["task"], call["scale"])
+
+
+@register
+class Upsample(Block):
+    name = "invpt_upsample"
+    family = "invpt"
+    doc = "Bilinear upsampling by an integer factor (the MT baseline's 8x before its prediction)."
+    args = {
+        "x": Input((FeatureMap,), "map"),
+        "scale": Param(int, 2, "factor", min=1, max=64),
+    }
+
+    def infer(self, call: Call) -> FeatureMap:
+        x: FeatureMap = call.inputs["x"]
+        k = call["scale"]
+        return FeatureMap(channels=x.channels, h=x.h.mul(k), w=x.w.mul(k))
+
+    def build(self, call: Call):
+        from ..modules.invpt import Upsample as Module
+
+        return Module(call["scale"])

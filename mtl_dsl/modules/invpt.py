@@ -32,25 +32,30 @@ def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 class EfaEmbed(nn.Module):
     """Encoder-feature embedding: a 3x3 conv, or a 3x3 transposed conv that doubles the grid."""
 
-    def __init__(self, cin: int, cout: int, up: int = 1):
+    def __init__(self, cin: int, cout: int, up: int = 1, level: int = -1):
         super().__init__()
+        self.level = level
         if up == 2:
             self.proj = nn.ConvTranspose2d(cin, cout, 3, stride=2, padding=1, output_padding=1)
+        elif up == 4:
+            self.proj = nn.ConvTranspose2d(cin, cout, 4, stride=4)
         else:
             self.proj = nn.Conv2d(cin, cout, 3, padding=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x)
+    def forward(self, x: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        return self.proj(x[self.level] if isinstance(x, list) else x)
 
 
 class DecoderInput(nn.Module):
     """The encoder map bilinearly resized to floor(h / factor) x floor(w / factor)."""
 
-    def __init__(self, factor: int = 2):
+    def __init__(self, factor: int = 2, level: int = -1):
         super().__init__()
         self.factor = factor
+        self.level = level
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        x = x[self.level] if isinstance(x, list) else x
         h, w = x.shape[-2:]
         return resize(x, (h // self.factor, w // self.factor))
 
@@ -69,8 +74,9 @@ class TaskMix(nn.Module):
 class UpEmbed(nn.Module):
     """Bilinear x2, then two dilated (d=2) 3x3 Conv-BN-ReLU; plus the EFA map when one is given."""
 
-    def __init__(self, cin: int, cout: int, dilation: int = 2):
+    def __init__(self, cin: int, cout: int, dilation: int = 2, task: str = ""):
         super().__init__()
+        self.task = task
         self.proj = nn.Sequential(
             nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
             nn.Conv2d(cin, cout, 3, padding=dilation, dilation=dilation, bias=False),
@@ -82,8 +88,9 @@ class UpEmbed(nn.Module):
         )
         init_stage_weights(self)
 
-    def forward(self, x: torch.Tensor, efa: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.proj(x)
+    def forward(self, x: torch.Tensor | dict[str, torch.Tensor],
+                efa: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.proj(x[self.task] if isinstance(x, dict) else x)
         return x if efa is None else x + efa
 
 
@@ -253,20 +260,34 @@ class JointTaskNorm(nn.Module):
         return dict(zip(self.tasks, joint.chunk(len(self.tasks), dim=1)))
 
 
-class SumScales(nn.Module):
-    """Resizes every level bilinearly to ``scale`` times the grid of level ``finest`` and sums."""
+class FuseStages(nn.Module):
+    """One task's decoder output: stages after the first projected by a 1x1 conv to
+    ``channels``, all resized to ``scale`` times the last stage's grid, summed."""
 
-    def __init__(self, finest: int = 0, scale: int = 2):
+    def __init__(self, keys: list, widths: list[int], channels: int, task: str = "",
+                 scale: int = 2):
         super().__init__()
-        self.finest = finest
+        self.keys = [str(k) for k in keys]
+        self.task = task
+        self.scale = scale
+        self.proj = nn.ModuleDict({k: nn.Conv2d(w, channels, 1)
+                                   for k, w in zip(self.keys[1:], widths[1:])})
+
+    def forward(self, stages) -> torch.Tensor:
+        maps = stages if isinstance(stages, list) else [stages[k] for k in stages]
+        maps = [m[self.task] if isinstance(m, dict) else m for m in maps]
+        h, w = maps[-1].shape[-2:]
+        size = (h * self.scale, w * self.scale)
+        out = resize(maps[0], size)
+        for key, m in zip(self.keys[1:], maps[1:]):
+            out = out + resize(self.proj[key](m), size)
+        return out
+
+
+class Upsample(nn.Module):
+    def __init__(self, scale: int):
+        super().__init__()
         self.scale = scale
 
-    def forward(self, levels) -> torch.Tensor:
-        if isinstance(levels, dict):
-            levels = list(levels.values())
-        h, w = levels[self.finest].shape[-2:]
-        size = (h * self.scale, w * self.scale)
-        out = resize(levels[0], size)
-        for lv in levels[1:]:
-            out = out + resize(lv, size)
-        return out
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return resize(x, (x.shape[-2] * self.scale, x.shape[-1] * self.scale))
