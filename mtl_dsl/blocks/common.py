@@ -43,3 +43,350 @@ class ConvBnAct(Block):
         bias = call["bias"] if call["bias"] is not None else call["norm"] == "none"
         return Module(x.channels, call["channels"], call["kernel"], call["stride"], call["dilation"],
                       call["groups"], call["norm"], call["act"], bias, call["init"])
+
+
+@register
+class Linear(Block):
+    name = "linear"
+    doc = "A per-position Linear layer on a feature map's channels or on tokens."
+    args = {
+        "x": Input((FeatureMap, Tokens), "map or tokens"),
+        "channels": Param(int, doc="output channels", min=1),
+        "bias": Param(bool, True, "with bias"),
+        "init": Param(str, "default", "weight init", choices=("default", "trunc_normal", "xavier")),
+    }
+
+    def infer(self, call: Call):
+        return call.inputs["x"].model_copy(update={"channels": call["channels"]})
+
+    def build(self, call: Call):
+        from ..modules.common import PositionwiseLinear
+
+        x = call.inputs["x"]
+        return PositionwiseLinear(x.channels, call["channels"], call["bias"], call["init"],
+                                  channels_first=isinstance(x, FeatureMap))
+
+
+@register
+class LayerNorm(Block):
+    name = "layer_norm"
+    doc = "LayerNorm over the channels of a feature map (per position) or of tokens."
+    args = {
+        "x": Input((FeatureMap, Tokens), "map or tokens"),
+        "eps": Param(float, 1e-5, "epsilon", min=0),
+    }
+
+    def infer(self, call: Call):
+        return call.inputs["x"]
+
+    def build(self, call: Call):
+        from ..modules.common import PositionwiseLayerNorm
+
+        x = call.inputs["x"]
+        return PositionwiseLayerNorm(x.channels, call["eps"], channels_first=isinstance(x, FeatureMap))
+
+
+@register
+class LinearNorm(Block):
+    name = "linear_norm"
+    doc = "Linear to `channels` then LayerNorm (or LayerNorm then Linear with order=\"norm_first\")."
+    args = {
+        "x": Input((FeatureMap, Tokens), "map or tokens"),
+        "channels": Param(int, doc="output channels", min=1),
+        "order": Param(str, "linear_first", "which comes first", choices=("linear_first", "norm_first")),
+    }
+
+    def infer(self, call: Call):
+        return call.inputs["x"].model_copy(update={"channels": call["channels"]})
+
+    def build(self, call: Call):
+        from ..modules.common import LinearNorm as Module
+
+        x = call.inputs["x"]
+        return Module(x.channels, call["channels"], call["order"] == "norm_first",
+                      channels_first=isinstance(x, FeatureMap))
+
+
+@register
+class Mlp(Block):
+    name = "mlp"
+    doc = "Linear -> GELU -> Linear on every position (hidden = ratio * channels)."
+    args = {
+        "x": Input((FeatureMap, Tokens), "map or tokens"),
+        "ratio": Param(float, 4.0, "hidden width / input width", min=0.01, max=64),
+        "channels": Param(int, 0, "output channels (0: same as input)", min=0),
+        "residual": Param(bool, False, "add the input (pre-norm residual when norm is true)"),
+        "norm": Param(bool, False, "LayerNorm before the MLP"),
+    }
+
+    def infer(self, call: Call):
+        x = call.inputs["x"]
+        out = call["channels"] or x.channels
+        if call["residual"] and out != x.channels:
+            raise call.fail("a residual MLP keeps the channel count", "x")
+        return x.model_copy(update={"channels": out})
+
+    def build(self, call: Call):
+        from ..modules.common import Mlp as Module
+
+        x = call.inputs["x"]
+        return Module(x.channels, max(1, int(x.channels * call["ratio"])),
+                      call["channels"] or x.channels, call["norm"], call["residual"],
+                      channels_first=isinstance(x, FeatureMap))
+
+
+@register
+class Attention(Block):
+    name = "attention"
+    doc = ("Multi-head attention with an explicit token set. `over`: \"all\" = every query attends "
+           "to every key token (global MHSA; memory-efficient scaled_dot_product_attention); "
+           "\"tasks\" = at each position, a query attends to the T tasks' tokens at that position "
+           "(the official DeMT task query); \"self\" = each token attends only to itself, i.e. "
+           "out_proj(v_proj(x)) (the official DeMT/TPANet attention at one image per GPU; q/k "
+           "weights are built for parity but idle).")
+    args = {
+        "q": Input((Tokens,), "queries"),
+        "kv": Input((Tokens,), "keys and values (default: the queries)", optional=True),
+        "heads": Param(int, 4, "attention heads", min=1, max=256),
+        "over": Param(str, "all", "which key tokens each query sees", choices=("all", "tasks", "self")),
+        "residual": Param(bool, False, "add the queries to the output"),
+    }
+
+    def infer(self, call: Call) -> Tokens:
+        q: Tokens = call.inputs["q"]
+        kv: Tokens = call.inputs["kv"] or q
+        if q.channels % call["heads"]:
+            raise call.fail(f"{call['heads']} heads do not divide {q.channels} channels", "q")
+        if kv.channels != q.channels:
+            raise call.fail(f"queries have {q.channels} channels, keys {kv.channels}", "q", "kv")
+        over = call["over"]
+        size = call.input_size
+        same_grid = q.h.eval(*size) == kv.h.eval(*size) and q.w.eval(*size) == kv.w.eval(*size)
+        if over == "tasks" and not same_grid:
+            raise call.fail("over=\"tasks\" needs queries and keys on the same grid", "q", "kv")
+        if over == "self" and not (same_grid and q.groups == kv.groups):
+            raise call.fail("over=\"self\" pairs every query with its own key token", "q", "kv")
+        return q
+
+    def build(self, call: Call):
+        from ..modules.common import Attention as Module
+
+        q: Tokens = call.inputs["q"]
+        kv = call.inputs["kv"] or q
+        return Module(q.channels, call["heads"], call["over"], call["residual"],
+                      query_groups=q.groups, key_groups=kv.groups)
+
+    def idle(self, call: Call) -> dict[str, str]:
+        if call["over"] == "self":
+            reason = "softmax over a single key: query and key projections get no gradient"
+            return {"attn.q_proj": reason, "attn.k_proj": reason}
+        return {}
+
+
+@register
+class TaskTokens(Block):
+    name = "tokens"
+    doc = ("Stack per-task feature maps (or one map) as tokens: {t: [B, C, h, w]} -> "
+           "[B, T*h*w, C], tasks in order.")
+    args = {"x": Input((TaskMap, FeatureMap), "per-task maps or one map")}
+
+    def infer(self, call: Call) -> Tokens:
+        x = call.inputs["x"]
+        if isinstance(x, FeatureMap):
+            return Tokens(channels=x.channels, h=x.h, w=x.w, groups=1)
+        maps = list(x.items.values())
+        if not maps or not all(isinstance(m, FeatureMap) for m in maps):
+            raise call.fail("tokens() stacks feature maps", "x")
+        first = maps[0]
+        size = call.input_size
+        for m in maps[1:]:
+            if m.concrete(size) != first.concrete(size):
+                raise call.fail(f"all maps must have one shape to be stacked: {first.shape_str()} "
+                                f"vs {m.shape_str()}", "x")
+        return Tokens(channels=first.channels, h=first.h, w=first.w, groups=len(maps))
+
+    def build(self, call: Call):
+        from ..modules.common import StackTokens
+
+        return StackTokens()
+
+
+@register
+class SplitTokens(Block):
+    name = "split"
+    doc = "Split stacked task tokens back into per-task feature maps (the inverse of tokens())."
+    args = {
+        "x": Input((Tokens,), "tokens of T stacked maps"),
+        "like": Input((TaskMap,), "the per-task collection whose keys name the parts"),
+    }
+
+    def infer(self, call: Call) -> TaskMap:
+        x: Tokens = call.inputs["x"]
+        like: TaskMap = call.inputs["like"]
+        if x.groups != len(like.items):
+            raise call.fail(f"{x.groups} token groups but {len(like.items)} tasks", "x", "like")
+        return TaskMap(items={k: FeatureMap(channels=x.channels, h=x.h, w=x.w) for k in like.items})
+
+    def build(self, call: Call):
+        from ..modules.common import SplitTokens as Module
+
+        x: Tokens = call.inputs["x"]
+        h, w = x.h.eval(*call.input_size), x.w.eval(*call.input_size)
+        return Module(list(call.inputs["like"].items), h, w)
+
+
+@register
+class ToMap(Block):
+    name = "to_map"
+    doc = "Tokens of one map [B, h*w, C] back to the map [B, C, h, w]."
+    args = {"x": Input((Tokens,), "tokens of one map")}
+
+    def infer(self, call: Call) -> FeatureMap:
+        x: Tokens = call.inputs["x"]
+        if x.groups != 1:
+            raise call.fail("to_map takes tokens of one map; use split() for stacked tasks", "x")
+        return FeatureMap(channels=x.channels, h=x.h, w=x.w)
+
+    def build(self, call: Call):
+        from ..modules.common import TokensToMap
+
+        x: Tokens = call.inputs["x"]
+        return TokensToMap(x.h.eval(*call.input_size), x.w.eval(*call.input_size))
+
+
+@register
+class Add(Block):
+    name = "add"
+    doc = "Element-wise sum of two or more values of one shape (a residual)."
+    args = {
+        "a": Input((FeatureMap, Tokens), "first"),
+        "b": Input((FeatureMap, Tokens), "second"),
+        "c": Input((FeatureMap, Tokens), "third", optional=True),
+    }
+
+    def infer(self, call: Call):
+        a, b, c = call.inputs["a"], call.inputs["b"], call.inputs["c"]
+        for name, other in (("b", b), ("c", c)):
+            if other is None:
+                continue
+            if type(other) is not type(a) or other.concrete(call.input_size) != a.concrete(call.input_size):
+                raise call.fail(f"cannot add {a.shape_str()} and {other.shape_str()}", "a", name)
+        return a
+
+    def build(self, call: Call):
+        from ..modules.common import Sum
+
+        return Sum()
+
+
+@register
+class Concat(Block):
+    name = "concat"
+    doc = "Channel concatenation of per-task maps ({t: map}) or of two or three maps."
+    args = {
+        "a": Input((FeatureMap, TaskMap), "a map or a per-task collection of maps"),
+        "b": Input((FeatureMap,), "second map", optional=True),
+        "c": Input((FeatureMap,), "third map", optional=True),
+    }
+
+    def infer(self, call: Call) -> FeatureMap:
+        a = call.inputs["a"]
+        maps = list(a.items.values()) if isinstance(a, TaskMap) else [a]
+        maps += [m for m in (call.inputs["b"], call.inputs["c"]) if m is not None]
+        if not maps or not all(isinstance(m, FeatureMap) for m in maps):
+            raise call.fail("concat joins feature maps", "a")
+        size = call.input_size
+        first = maps[0]
+        for m in maps[1:]:
+            if m.concrete(size)[1:] != first.concrete(size)[1:]:
+                raise call.fail(f"maps of different sizes: {first.shape_str()} vs {m.shape_str()}",
+                                "a", "b")
+        return FeatureMap(channels=sum(m.channels for m in maps), h=first.h, w=first.w)
+
+    def build(self, call: Call):
+        from ..modules.common import ChannelConcat
+
+        return ChannelConcat()
+
+
+@register
+class Resize(Block):
+    name = "resize"
+    doc = ("Bilinear (align_corners=False) or nearest resizing by an integer `scale` (> 1 up, "
+           "`down` > 1 down) or to the size of `like`.")
+    args = {
+        "x": Input((FeatureMap,), "map"),
+        "like": Input((FeatureMap,), "resize to this map's size", optional=True),
+        "scale": Param(int, 1, "upsampling factor", min=1, max=64),
+        "down": Param(int, 1, "downsampling factor (output = ceil(size / down))", min=1, max=64),
+        "mode": Param(str, "bilinear", "interpolation", choices=("bilinear", "nearest")),
+    }
+
+    def infer(self, call: Call) -> FeatureMap:
+        x: FeatureMap = call.inputs["x"]
+        like = call.inputs["like"]
+        if like is not None:
+            if call["scale"] != 1 or call["down"] != 1:
+                raise call.fail("give either `like` or `scale`/`down`", "x", "like")
+            return FeatureMap(channels=x.channels, h=like.h, w=like.w)
+        h, w = x.h.mul(call["scale"]).cdiv(call["down"]), x.w.mul(call["scale"]).cdiv(call["down"])
+        return FeatureMap(channels=x.channels, h=h, w=w)
+
+    def build(self, call: Call):
+        from ..modules.common import Resize as Module
+
+        t = self.infer(call)
+        return Module(call["mode"], None if call.inputs["like"] is not None else
+                      (t.h.eval(*call.input_size), t.w.eval(*call.input_size)),
+                      scale=call["scale"], down=call["down"])
+
+
+@register
+class Activation(Block):
+    name = "activation"
+    doc = "An element-wise activation."
+    args = {
+        "x": Input((FeatureMap, Tokens), "input"),
+        "fn": Param(str, "relu", "which", choices=("relu", "gelu", "sigmoid", "tanh", "softplus")),
+    }
+
+    def infer(self, call: Call):
+        return call.inputs["x"]
+
+    def build(self, call: Call):
+        from ..modules.common import activation
+
+        return activation(call["fn"])
+
+
+@register
+class Dropout(Block):
+    name = "dropout"
+    doc = "Dropout (per channel on maps: Dropout2d)."
+    args = {
+        "x": Input((FeatureMap, Tokens), "input"),
+        "p": Param(float, 0.1, "drop probability", min=0, max=1),
+    }
+
+    def infer(self, call: Call):
+        return call.inputs["x"]
+
+    def build(self, call: Call):
+        from torch import nn
+
+        return nn.Dropout2d(call["p"]) if isinstance(call.inputs["x"], FeatureMap) else nn.Dropout(call["p"])
+
+
+@register
+class StopGradient(Block):
+    name = "stop_gradient"
+    doc = "The value with its gradient cut (ATRC's auxiliary heads read detached features)."
+    args = {"x": Input((FeatureMap, Tokens), "input")}
+
+    def infer(self, call: Call):
+        return call.inputs["x"]
+
+    def build(self, call: Call):
+        from ..modules.common import Detach
+
+        return Detach()

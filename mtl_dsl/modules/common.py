@@ -48,3 +48,192 @@ class LayerNorm2d(nn.LayerNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def activation(name: str) -> nn.Module:  # noqa: F811 - the full set
+    return {"relu": nn.ReLU, "gelu": nn.GELU, "none": nn.Identity, "sigmoid": nn.Sigmoid,
+            "tanh": nn.Tanh, "softplus": nn.Softplus}[name]()
+
+
+class PositionwiseLinear(nn.Module):
+    def __init__(self, cin: int, cout: int, bias: bool = True, init: str = "default",
+                 channels_first: bool = False):
+        super().__init__()
+        self.linear = nn.Linear(cin, cout, bias)
+        if init == "trunc_normal":
+            nn.init.trunc_normal_(self.linear.weight, std=0.02)
+            if bias:
+                nn.init.zeros_(self.linear.bias)
+        elif init == "xavier":
+            nn.init.xavier_uniform_(self.linear.weight)
+        self.channels_first = channels_first
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_first:
+            return self.linear(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.linear(x)
+
+
+class PositionwiseLayerNorm(nn.Module):
+    def __init__(self, channels: int, eps: float = 1e-5, channels_first: bool = False):
+        super().__init__()
+        self.norm = nn.LayerNorm(channels, eps=eps)
+        self.channels_first = channels_first
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_first:
+            return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.norm(x)
+
+
+class LinearNorm(nn.Module):
+    def __init__(self, cin: int, cout: int, norm_first: bool = False, channels_first: bool = False):
+        super().__init__()
+        self.norm_first = norm_first
+        self.linear = nn.Linear(cin, cout)
+        self.norm = nn.LayerNorm(cin if norm_first else cout)
+        self.channels_first = channels_first
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_first:
+            x = x.permute(0, 2, 3, 1)
+        x = self.linear(self.norm(x)) if self.norm_first else self.norm(self.linear(x))
+        return x.permute(0, 3, 1, 2) if self.channels_first else x
+
+
+class Mlp(nn.Module):
+    def __init__(self, cin: int, hidden: int, cout: int, norm: bool = False, residual: bool = False,
+                 channels_first: bool = False):
+        super().__init__()
+        self.norm = nn.LayerNorm(cin) if norm else nn.Identity()
+        self.fc1 = nn.Linear(cin, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, cout)
+        self.residual = residual
+        self.channels_first = channels_first
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.permute(0, 2, 3, 1) if self.channels_first else x
+        y = self.fc2(self.act(self.fc1(self.norm(y))))
+        y = y.permute(0, 3, 1, 2) if self.channels_first else y
+        return x + y if self.residual else y
+
+
+class _MultiheadProjections(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+
+class Attention(nn.Module):
+    """Multi-head attention whose key set is explicit (see the `attention` block's doc)."""
+
+    def __init__(self, dim: int, heads: int, over: str, residual: bool = False,
+                 query_groups: int = 1, key_groups: int = 1):
+        super().__init__()
+        self.attn = _MultiheadProjections(dim)
+        self.heads = heads
+        self.over = over
+        self.residual = residual
+        self.query_groups = query_groups
+        self.key_groups = key_groups
+
+    def forward(self, q: torch.Tensor, kv: torch.Tensor | None = None) -> torch.Tensor:
+        kv = q if kv is None else kv
+        a = self.attn
+        if self.over == "self":
+            # softmax over one key is 1: the output is the projected value of the token itself.
+            if kv.shape[1] != q.shape[1]:
+                raise RuntimeError("over='self' needs as many key tokens as queries")
+            out = a.out_proj(a.v_proj(kv))
+            return q + out if self.residual else out
+        b, nq, c = q.shape
+        h = self.heads
+        d = c // h
+        qh = a.q_proj(q)
+        kh = a.k_proj(kv)
+        vh = a.v_proj(kv)
+        if self.over == "tasks":
+            # [B, T*N, C] -> per position, the T task tokens are the keys
+            t = self.key_groups
+            n = kv.shape[1] // t
+            tq = nq // n
+            qh = qh.view(b, tq, n, h, d).permute(0, 2, 3, 1, 4)  # B, N, h, Tq, d
+            kh = kh.view(b, t, n, h, d).permute(0, 2, 3, 1, 4)
+            vh = vh.view(b, t, n, h, d).permute(0, 2, 3, 1, 4)
+            out = torch.nn.functional.scaled_dot_product_attention(qh, kh, vh)
+            out = out.permute(0, 3, 1, 2, 4).reshape(b, nq, c)
+        else:
+            qh = qh.view(b, nq, h, d).transpose(1, 2)
+            kh = kh.view(b, -1, h, d).transpose(1, 2)
+            vh = vh.view(b, -1, h, d).transpose(1, 2)
+            out = torch.nn.functional.scaled_dot_product_attention(qh, kh, vh)
+            out = out.transpose(1, 2).reshape(b, nq, c)
+        out = a.out_proj(out)
+        return q + out if self.residual else out
+
+
+class StackTokens(nn.Module):
+    def forward(self, x) -> torch.Tensor:
+        if isinstance(x, torch.Tensor):
+            return x.flatten(2).transpose(1, 2)
+        return torch.cat([m.flatten(2).transpose(1, 2) for m in x.values()], dim=1)
+
+
+class SplitTokens(nn.Module):
+    def __init__(self, keys: list[str], h: int, w: int):
+        super().__init__()
+        self.keys = keys
+        self.h, self.w = h, w
+
+    def forward(self, x: torch.Tensor, like: dict) -> dict[str, torch.Tensor]:
+        b, n, c = x.shape
+        h, w = like[self.keys[0]].shape[-2:]
+        parts = x.transpose(1, 2).reshape(b, c, len(self.keys), h, w).unbind(2)
+        return dict(zip(self.keys, parts))
+
+
+class TokensToMap(nn.Module):
+    def __init__(self, h: int, w: int):
+        super().__init__()
+        self.h, self.w = h, w
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        return x.transpose(1, 2).reshape(b, c, self.h, self.w)
+
+
+class Sum(nn.Module):
+    def forward(self, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        return a + b if c is None else a + b + c
+
+
+class ChannelConcat(nn.Module):
+    def forward(self, a, b: torch.Tensor | None = None, c: torch.Tensor | None = None) -> torch.Tensor:
+        maps = list(a.values()) if isinstance(a, dict) else [a]
+        maps += [m for m in (b, c) if m is not None]
+        return torch.cat(maps, dim=1)
+
+
+class Resize(nn.Module):
+    def __init__(self, mode: str, size: tuple[int, int] | None, scale: int = 1, down: int = 1):
+        super().__init__()
+        self.mode = mode
+        self.scale, self.down = scale, down
+
+    def forward(self, x: torch.Tensor, like: torch.Tensor | None = None) -> torch.Tensor:
+        if like is not None:
+            size = like.shape[-2:]
+        else:
+            h, w = x.shape[-2:]
+            size = (-(-h * self.scale // self.down), -(-w * self.scale // self.down))
+        kwargs = {"align_corners": False} if self.mode == "bilinear" else {}
+        return torch.nn.functional.interpolate(x, size=size, mode=self.mode, **kwargs)
+
+
+class Detach(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.detach()
