@@ -1,0 +1,308 @@
+"""Checkpoints: a directory of safetensors files and one JSON file; never pickle.
+
+Layout of a checkpoint directory:
+
+* ``model.safetensors``: the compiled model's ``state_dict`` (parameters and buffers).
+* ``optimizer.safetensors``: every tensor of the optimiser(s), the loss weighting's state and
+  anything else the training loop needs to continue exactly, flattened to ``prefix.path.to.key``.
+* ``meta.json``: step, metrics, run config, the spec's name, source text and IR hash (sha256 of
+  the IR JSON), the task profile, the data-order state, and the non-tensor parts of the optimiser
+  state (hyper-parameters of the param groups).
+
+Writes are atomic: everything goes to a hidden temporary directory next to the target, each file
+is fsync'ed, then the directory is renamed into place (a crash mid-write leaves only a hidden
+temporary folder, which readers ignore, and every earlier checkpoint intact). ``meta.json`` is
+written last.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from ..errors import SpecError, simple_error
+
+FORMAT = "mtl-dsl-checkpoint/1"
+MODEL_FILE = "model.safetensors"
+STATE_FILE = "optimizer.safetensors"
+META_FILE = "meta.json"
+
+
+def ir_hash(ir: Any) -> str:
+    """sha256 of the IR's JSON (a pydantic model, a JSON string, or None)."""
+    if ir is None:
+        return ""
+    text = ir if isinstance(ir, str) else ir.model_dump_json()
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# --- optimiser state <-> flat tensors + JSON --------------------------------------------------------
+
+
+def flatten_optimizer(state_dict: dict, prefix: str) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, entry in state_dict["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{prefix}.state.{index}.{key}"] = value
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()}
+              for g in state_dict["param_groups"]]
+    return tensors, {"param_groups": groups, "scalars": scalars}
+
+
+def unflatten_optimizer(tensors: dict[str, torch.Tensor], info: dict, prefix: str) -> dict:
+    state: dict[int, dict[str, Any]] = {}
+    head = f"{prefix}.state."
+    for name, value in tensors.items():
+        if name.startswith(head):
+            index, _, key = name[len(head):].partition(".")
+            state.setdefault(int(index), {})[key] = value
+    for index, entry in info.get("scalars", {}).items():
+        state.setdefault(int(index), {}).update(entry)
+    groups = []
+    for g in info["param_groups"]:
+        g = dict(g)
+        if isinstance(g.get("betas"), list):
+            g["betas"] = tuple(g["betas"])
+        groups.append(g)
+    return {"state": state, "param_groups": groups}
+
+
+# --- writing --------------------------------------------------------------------------------------
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _tensors_for_file(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors refuses tensors that share storage (tied weights) or are not contiguous.
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+
+
+def save_checkpoint(target: str | Path, model_state: dict[str, torch.Tensor],
+                    state_tensors: dict[str, torch.Tensor], meta: dict) -> Path:
+    """Write a checkpoint directory atomically; returns its path."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        save_file(_tensors_for_file(model_state), str(tmp / MODEL_FILE), metadata={"format": FORMAT})
+        _fsync_file(tmp / MODEL_FILE)
+        save_file(_tensors_for_file(state_tensors), str(tmp / STATE_FILE), metadata={"format": FORMAT})
+        _fsync_file(tmp / STATE_FILE)
+        meta = dict(meta, format=FORMAT)
+        with open(tmp / META_FILE, "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=1, sort_keys=True, default=_json_default)
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_dir(tmp)
+        if target.exists():
+            # Replacing a checkpoint of the same name: move the old one aside first, so there is
+            # always a complete checkpoint under one of the two names.
+            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(target, old)
+            os.rename(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, target)
+        _fsync_dir(target.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _json_default(value: Any):
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"cannot write {type(value).__name__} to meta.json")
+
+
+def prune_checkpoints(folder: str | Path, keep: int) -> None:
+    """Delete all but the ``keep`` newest (by step) checkpoints in ``folder``, and stale temp dirs."""
+    folder = Path(folder)
+    found = sorted(list_checkpoints(folder), key=lambda p: _step_of(p))
+    for path in found[:-keep] if keep > 0 else found:
+        shutil.rmtree(path, ignore_errors=True)
+    for stale in folder.glob(".*.tmp-*"):
+        pid = stale.name.rsplit("-", 2)[-2] if stale.name.count("-") >= 2 else ""
+        if pid != str(os.getpid()):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+# --- reading --------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedCheckpoint:
+    path: Path
+    meta: dict
+    model_state: dict[str, torch.Tensor] = field(repr=False)
+    state_tensors: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
+
+    @property
+    def step(self) -> int:
+        return int(self.meta.get("step", 0))
+
+
+def _read_safetensors(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise simple_error(str(path), f"checkpoint file missing: {path}")
+    try:
+        with safe_open(str(path), framework="pt", device=device) as f:
+            return {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise simple_error(str(path), f"corrupt checkpoint file {path}: {exc}") from None
+
+
+def read_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    if not path.is_file():
+        raise simple_error(str(path), f"checkpoint file missing: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise simple_error(str(path), f"corrupt checkpoint file {path}: {exc}") from None
+
+
+def read_meta(path: str | Path) -> dict:
+    file = Path(path) / META_FILE
+    if not file.is_file():
+        raise simple_error(str(file), f"not a checkpoint (no {META_FILE}): {Path(path)}")
+    try:
+        meta = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise simple_error(str(file), f"corrupt checkpoint file {file}: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise simple_error(str(file), f"{file} is not an mtl-dsl checkpoint (format {FORMAT})")
+    return meta
+
+
+def load_checkpoint(path: str | Path, with_state: bool = True) -> LoadedCheckpoint:
+    path = resolve_checkpoint(path)
+    meta = read_meta(path)
+    model_state = _read_safetensors(path / MODEL_FILE)
+    state = _read_safetensors(path / STATE_FILE) if with_state else {}
+    return LoadedCheckpoint(path=path, meta=meta, model_state=model_state, state_tensors=state)
+
+
+def _step_of(path: Path) -> int:
+    try:
+        return int(json.loads((path / META_FILE).read_text(encoding="utf-8")).get("step", -1))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return -1
+
+
+def list_checkpoints(folder: str | Path) -> list[Path]:
+    """Complete checkpoint directories directly under ``folder`` or one level deeper."""
+    folder = Path(folder)
+    found = []
+    if not folder.is_dir():
+        return found
+    for child in folder.iterdir():
+        if child.name.startswith("."):
+            continue
+        if (child / META_FILE).is_file():
+            found.append(child)
+        elif child.is_dir():
+            found.extend(g for g in child.iterdir()
+                         if not g.name.startswith(".") and (g / META_FILE).is_file())
+    return found
+
+
+def latest_checkpoint(folder: str | Path) -> Path | None:
+    found = list_checkpoints(folder)
+    return max(found, key=_step_of) if found else None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory, or a run folder (-> its newest checkpoint)."""
+    path = Path(path)
+    if not path.exists():
+        raise simple_error(str(path), f"checkpoint not found: {path}")
+    if (path / META_FILE).is_file():
+        return path
+    latest = latest_checkpoint(path)
+    if latest is None:
+        raise simple_error(str(path), f"no checkpoint in {path} (looked for */{META_FILE})")
+    return latest
+
+
+# --- matching a checkpoint against a model -----------------------------------------------------------
+
+
+def state_differences(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]
+                      ) -> tuple[list[str], list[str], list[str]]:
+    missing = sorted(k for k in expected if k not in found)
+    unexpected = sorted(k for k in found if k not in expected)
+    shape = sorted(f"{k} (checkpoint {list(found[k])}, model {list(expected[k])})"
+                   for k in expected if k in found and tuple(found[k]) != tuple(expected[k]))
+    return missing, unexpected, shape
+
+
+def _listing(items: list[str], limit: int = 8) -> str:
+    text = ", ".join(items[:limit])
+    return text + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def check_matches(model: torch.nn.Module, checkpoint_path: str | Path) -> None:
+    """Raise ``SpecError`` listing the differing keys if the checkpoint is not this model's graph."""
+    checkpoint_path = Path(checkpoint_path)
+    found = read_shapes(checkpoint_path / MODEL_FILE)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing, unexpected, shape = state_differences(expected, found)
+    if not (missing or unexpected or shape):
+        return
+    parts = []
+    if missing:
+        parts.append(f"missing {len(missing)}: {_listing(missing)}")
+    if unexpected:
+        parts.append(f"unexpected {len(unexpected)}: {_listing(unexpected)}")
+    if shape:
+        parts.append(f"shape differs {len(shape)}: {_listing(shape)}")
+    raise simple_error(str(checkpoint_path),
+                       f"checkpoint {checkpoint_path} does not match the spec's graph: " + "; ".join(parts))
+
+
+def load_model_weights(model: torch.nn.Module, checkpoint: LoadedCheckpoint) -> None:
+    check_matches(model, checkpoint.path)
+    model.load_state_dict(checkpoint.model_state, strict=True)
+
+
+__all__ = ["SpecError", "save_checkpoint", "load_checkpoint", "check_matches", "latest_checkpoint",
+           "list_checkpoints", "flatten_optimizer", "unflatten_optimizer", "ir_hash", "read_meta",
+           "resolve_checkpoint", "prune_checkpoints", "load_model_weights"]
