@@ -796,7 +796,9 @@ class Lowerer:
 
     def _anonymous_name(self, scope: Scope, block: str) -> str:
         """A call nested in another call's arguments is named after the enclosing node."""
-        return (self._current_target or scope.prefix + "node") + "_" + block
+        if self._current_target is None:  # e.g. `return upsample_concat(feats)`
+            return scope.prefix + block
+        return self._current_target + "_" + block
 
     _current_target: str | None = None
 
