@@ -1,0 +1,128 @@
+"""Checkpoints: safetensors + JSON, atomic writes, refusal of a different graph, corrupt files."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+
+from mtl_dsl.errors import SpecError
+from mtl_dsl.runtime import checkpoints as ck
+
+
+def _model(width: int = 4, extra: bool = False) -> nn.Module:
+    layers = [nn.Conv2d(3, width, 3), nn.BatchNorm2d(width), nn.Conv2d(width, 2, 1)]
+    if extra:
+        layers.append(nn.Conv2d(2, 2, 1))
+    return nn.Sequential(*layers)
+
+
+def _save(path, model, step=1, optimizer=None):
+    tensors, info = {}, {}
+    if optimizer is not None:
+        tensors, info = ck.flatten_optimizer(optimizer.state_dict(), "main")
+    return ck.save_checkpoint(path, model.state_dict(), tensors,
+                              {"step": step, "optimizer": {"main": info}, "ir_hash": "abc"})
+
+
+def test_roundtrip_model_and_optimizer_state(tmp_path):
+    torch.manual_seed(0)
+    model = _model()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.8, 0.99), weight_decay=1e-6)
+    model(torch.randn(2, 3, 8, 8)).sum().backward()
+    opt.step()
+    path = _save(tmp_path / "step_1", model, 1, opt)
+    assert sorted(p.name for p in path.iterdir()) == ["meta.json", "model.safetensors", "optimizer.safetensors"]
+    loaded = ck.load_checkpoint(path)
+    assert loaded.step == 1 and loaded.meta["format"] == ck.FORMAT
+    fresh = _model()
+    ck.load_model_weights(fresh, loaded)
+    for a, b in zip(model.state_dict().values(), fresh.state_dict().values()):
+        assert torch.equal(a, b)
+    opt2 = torch.optim.Adam(fresh.parameters(), lr=1.0)
+    opt2.load_state_dict(ck.unflatten_optimizer(loaded.state_tensors, loaded.meta["optimizer"]["main"], "main"))
+    assert opt2.param_groups[0]["betas"] == (0.8, 0.99) and opt2.param_groups[0]["lr"] == 1e-3
+    for p in model.parameters():
+        q = dict(zip(map(id, model.parameters()), fresh.parameters()))[id(p)]
+        assert torch.equal(opt.state[p]["exp_avg"], opt2.state[q]["exp_avg"])
+    # no pickle anywhere: the weights file is plain safetensors, the rest JSON
+    assert (path / "model.safetensors").read_bytes()[:8] != b"\x80\x04\x95"
+
+
+def test_crash_mid_write_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
+    model = _model()
+    first = _save(tmp_path / "step_1", model, 1)
+    before = (first / "model.safetensors").read_bytes()
+    real = ck.save_file
+    calls = []
+
+    def crash_on_second_file(tensors, filename, metadata=None):
+        calls.append(filename)
+        if len(calls) == 2:
+            raise OSError("disk full (simulated)")
+        return real(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(ck, "save_file", crash_on_second_file)
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    with pytest.raises(OSError, match="simulated"):
+        _save(tmp_path / "step_2", model, 2)
+    with pytest.raises(OSError):  # also when replacing a checkpoint of the same name
+        calls.clear()
+        _save(tmp_path / "step_1", model, 1)
+    assert not (tmp_path / "step_2").exists()
+    assert (first / "model.safetensors").read_bytes() == before
+    assert ck.latest_checkpoint(tmp_path) == first
+    assert [p.name for p in tmp_path.iterdir()] == ["step_1"]  # no half-written folder left
+
+
+def test_a_partial_temp_dir_is_ignored_by_readers(tmp_path):
+    model = _model()
+    _save(tmp_path / "step_1", model, 1)
+    partial = tmp_path / ".step_2.tmp-99999-deadbeef"
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"half")
+    assert ck.latest_checkpoint(tmp_path).name == "step_1"
+    assert ck.resolve_checkpoint(tmp_path).name == "step_1"
+    ck.prune_checkpoints(tmp_path, keep=1)
+    assert not partial.exists()
+
+
+def test_mismatched_graph_is_refused_listing_the_keys(tmp_path):
+    path = _save(tmp_path / "ck", _model(width=4), 1)
+    with pytest.raises(SpecError) as info:
+        ck.check_matches(_model(width=5, extra=True), path)
+    message = str(info.value)
+    assert "does not match the spec's graph" in message
+    assert "missing 2: 3.bias, 3.weight" in message
+    assert "0.weight (checkpoint [4, 3, 3, 3], model [5, 3, 3, 3])" in message
+    with pytest.raises(SpecError, match="unexpected 2: 3.bias, 3.weight"):
+        ck.check_matches(_model(width=4), _save(tmp_path / "ck2", _model(width=4, extra=True), 1))
+
+
+@pytest.mark.parametrize("victim", ["model.safetensors", "optimizer.safetensors", "meta.json"])
+def test_corrupt_file_is_named(tmp_path, victim):
+    path = _save(tmp_path / "ck", _model(), 1)
+    (path / victim).write_bytes(b"\x00\x01garbage")
+    with pytest.raises(SpecError) as info:
+        ck.load_checkpoint(path)
+    assert str(path / victim) in str(info.value)
+
+
+def test_missing_checkpoint_and_keep_newest(tmp_path):
+    with pytest.raises(SpecError, match="checkpoint not found"):
+        ck.load_checkpoint(tmp_path / "nope")
+    for step in (1, 2, 3):
+        _save(tmp_path / f"step_{step}", _model(), step)
+    ck.prune_checkpoints(tmp_path, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_2", "step_3"]
+    meta = json.loads((tmp_path / "step_3" / "meta.json").read_text())
+    assert meta["step"] == 3
+
+
+def test_ir_hash_is_sha256_of_the_ir_json():
+    import hashlib
+
+    assert ck.ir_hash('{"a": 1}') == hashlib.sha256(b'{"a": 1}').hexdigest()
+    assert ck.ir_hash(None) == ""
