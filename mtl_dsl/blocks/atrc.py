@@ -147,3 +147,29 @@ class Detach(Block):
         from ..modules.atrc import Detach as Module
 
         return Module()
+
+
+@register
+class LabelHead(Block):
+    name = "label_head"
+    family = "atrc"
+    doc = ("ATRC auxiliary head: 1x1 Conv-BN-ReLU (width = input channels unless given) -> 1x1 Conv "
+           "to the task's auxiliary channels (its label regions: classes, 40 depth bins, 40 normal "
+           "clusters, 2 edge classes). Its logits feed the label contexts and get their own loss.")
+    args = {
+        "x": Input((FeatureMap,), "features (ATRC: the detached aggregated backbone features)"),
+        "task": Param("task", doc="the task whose label regions it predicts"),
+        "width": Param(int, 0, "hidden width (0: the input channels)", min=0),
+    }
+
+    def infer(self, call: Call) -> FeatureMap:
+        x: FeatureMap = call.inputs["x"]
+        if call["task"] not in call.task_names:
+            raise call.fail(f"unknown task '{call['task']}' (tasks: {', '.join(call.task_names)})")
+        return FeatureMap(channels=call.task(call["task"]).aux_channels, h=x.h, w=x.w)
+
+    def build(self, call: Call):
+        from ..modules.atrc import LabelHead as Module
+
+        x: FeatureMap = call.inputs["x"]
+        return Module(x.channels, call["width"] or x.channels, call.task(call["task"]).aux_channels)

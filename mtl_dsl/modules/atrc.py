@@ -8,6 +8,7 @@ Every projection is a 1x1 Conv (no bias, Xavier-uniform) + BatchNorm (+ ReLU).
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -216,7 +217,7 @@ class ContextSearch(nn.Module):
         self.freeze_gap = freeze_gap
         self.tau = tau[0]
         self.entropy_weight = entropy_weight[0]
-        self._blocks_in_model = 1  # set by on_train_step's caller through ``share_regulariser``
+        self._peers: list[weakref.ref] = [weakref.ref(self)]  # the search blocks of this model
 
     # runtime hooks ---------------------------------------------------------------------------
     def arch_parameters(self) -> list[nn.Parameter]:
@@ -225,11 +226,13 @@ class ContextSearch(nn.Module):
     def on_train_step(self, step: int, total_steps: int) -> None:
         self.tau = linear_schedule(*self.tau_schedule, step, total_steps)
         self.entropy_weight = linear_schedule(*self.entropy_schedule, step, total_steps)
+        _join_round(self, step)
 
     def extra_loss(self) -> torch.Tensor:
-        """This block's share of the regulariser: weight x entropy / number of search blocks,
-        so that the sum over blocks is the official weight x mean entropy."""
-        return self.entropy_weight * self.entropy() / self._blocks_in_model
+        """This block's share of the regulariser, weight x entropy / number of search blocks, so
+        that the runtime's sum over blocks is the official weight x mean entropy."""
+        peers = sum(1 for r in self._peers if r() is not None)
+        return self.entropy_weight * self.entropy() / max(1, peers)
 
     # ---------------------------------------------------------------------------------------------
     def probabilities(self) -> torch.Tensor:
@@ -279,11 +282,27 @@ class ContextSearch(nn.Module):
         return out
 
 
+# The runtime calls every block's on_train_step before each forward, one block after another, and
+# sums their extra_loss afterwards; a block cannot see its siblings, so the blocks that join the
+# same round of on_train_step calls learn how many they are (the regulariser is a mean).
+_round: dict = {"step": None, "peers": []}
+
+
+def _join_round(block: ContextSearch, step: int) -> None:
+    peers = _round["peers"]
+    if _round["step"] != step or any(r() is block for r in peers):
+        peers = []
+        _round.update(step=step, peers=peers)
+    peers.append(weakref.ref(block))
+    block._peers = peers
+
+
 def share_regulariser(model: nn.Module) -> list[ContextSearch]:
-    """Tell every search block of ``model`` how many there are (the regulariser is a mean)."""
+    """Make the search blocks of ``model`` peers without a training step (tests, tools)."""
     blocks = [m for m in model.modules() if isinstance(m, ContextSearch)]
+    peers = [weakref.ref(b) for b in blocks]
     for block in blocks:
-        block._blocks_in_model = len(blocks)
+        block._peers = peers
     return blocks
 
 
@@ -327,3 +346,15 @@ class ContextFusion(nn.Module):
 class Detach(nn.Module):
     def forward(self, x):
         return x.detach()
+
+
+class LabelHead(nn.Sequential):
+    """ATRC's auxiliary head: 1x1 Conv-BN-ReLU -> 1x1 Conv (bias) to the label regions."""
+
+    def __init__(self, cin: int, width: int, regions: int):
+        super().__init__()
+        self.hidden = nn.Sequential()
+        self.hidden.add_module("conv", nn.Conv2d(cin, width, 1, bias=False))
+        self.hidden.add_module("bn", nn.BatchNorm2d(width))
+        self.hidden.add_module("act", nn.ReLU(inplace=False))
+        self.logits = nn.Conv2d(width, regions, 1)
