@@ -189,26 +189,3 @@ class RatioHead(Block):
 
         return Module(call.inputs["x"].channels, self._width(call), call.task(call["task"]).channels)
 
-
-@register
-class DemtTaskItem(Block):
-    name = "demt_task_item"
-    family = "demt"
-    doc = ("One task's map out of a per-task collection that a single block produced (the "
-           "interacted maps of `task_interaction`, TPANet's mixed maps).")
-    args = {
-        "x": Input((TaskMap,), "per-task collection"),
-        "task": Param("task", doc="the task to take"),
-    }
-
-    def infer(self, call: Call) -> FeatureMap:
-        items = call.inputs["x"].items
-        if call["task"] not in items:
-            raise call.fail(f"the collection has no task '{call['task']}' (it has "
-                            f"{', '.join(items)})", "x")
-        return items[call["task"]]
-
-    def build(self, call: Call):
-        from ..modules.demt import TaskItem
-
-        return TaskItem(call["task"])

@@ -230,11 +230,3 @@ class RatioHead(nn.Module):
     def forward(self, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
         return self.final_logits(self.bottleneck(x))
 
-
-class TaskItem(nn.Module):
-    def __init__(self, task: str):
-        super().__init__()
-        self.task = task
-
-    def forward(self, maps: dict[str, torch.Tensor]) -> torch.Tensor:
-        return maps[self.task]
