@@ -1,0 +1,207 @@
+"""Evaluation on the validation split, and PNG predictions for images.
+
+``evaluate_model`` is used by the training loop (sharded over workers: each rank evaluates every
+``world``-th image, then the metric sums are all-reduced) and by ``mtl-dsl eval``. Metrics are the
+dataset-pooled ones of ``metrics.py``; Delta_m is only computed against an explicit baseline file.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+from ..errors import simple_error
+from .config import RunConfig
+
+
+def make_eval_loader(cfg: RunConfig, profile, input_size, rank: int = 0, world: int = 1,
+                     workers: int = 0, batch_size: Optional[int] = None):
+    from torch.utils.data import DataLoader, Subset
+
+    from .datasets import collate_samples
+    from .train import open_dataset
+
+    dataset = open_dataset(cfg, "val", profile, input_size, False)
+    shard = Subset(dataset, list(range(rank, len(dataset), world)))  # no padding: no double counting
+    return DataLoader(shard, batch_size=batch_size or cfg.per_worker_batch(), shuffle=False,
+                      num_workers=workers, collate_fn=collate_samples)
+
+
+def evaluate_model(model, loader, profile, dataset_name: str, device, world: int = 1,
+                   max_batches: Optional[int] = None, amp_dtype=None) -> dict[str, float]:
+    """Pooled metrics of ``model`` over ``loader`` (all ranks must call it when world > 1)."""
+    import torch
+    import torch.distributed as dist
+
+    from .metrics import MetricSet
+
+    metric_set = MetricSet.for_profile(profile, dataset_name)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for index, batch in enumerate(loader):
+                if max_batches is not None and index >= max_batches:
+                    break
+                images = batch["image"].to(device)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    outputs = model(images)
+                outputs = {t: {"final": o["final"].float()} for t, o in outputs.items()}
+                metric_set.update(outputs, batch)
+    finally:
+        model.train(was_training)
+    if world > 1:
+        state = metric_set.state_tensors()
+        keys = sorted(state)
+        flat = torch.cat([state[k].reshape(-1).to(torch.float64) for k in keys])
+        backend_device = device if dist.get_backend() == "nccl" else torch.device("cpu")
+        flat = flat.to(backend_device)
+        dist.all_reduce(flat)
+        flat = flat.cpu()
+        out, offset = {}, 0
+        for k in keys:
+            n = state[k].numel()
+            out[k] = flat[offset:offset + n].reshape(state[k].shape)
+            offset += n
+        metric_set.load_state_tensors(out)
+    return {k: float(v) for k, v in metric_set.compute().items()}
+
+
+# --- loading a trained model -----------------------------------------------------------------------
+
+
+def load_trained_model(spec: Any, checkpoint: str | Path, config: RunConfig | None = None):
+    """(model with the checkpoint's weights, run config, checkpoint) — refuses a graph mismatch."""
+    from .checkpoints import load_checkpoint, load_model_weights
+    from .train import build_model
+
+    loaded = load_checkpoint(checkpoint, with_state=False)
+    if config is None:
+        try:
+            config = RunConfig.model_validate(loaded.meta["run_config"])
+        except Exception as exc:  # noqa: BLE001 - an old or edited meta.json
+            raise simple_error(str(loaded.path / "meta.json"), f"run config in checkpoint is invalid: {exc}") from None
+    model = build_model(spec, config)
+    load_model_weights(model, loaded)
+    model.eval()
+    return model, config, loaded
+
+
+def run_eval(spec: Any, checkpoint: str | Path, config: RunConfig | None = None,
+             baseline: str | Path | None = None, device: str | None = None,
+             max_batches: Optional[int] = None) -> tuple[dict[str, float], str]:
+    """Evaluate a checkpoint on the val split; returns (metrics, printed table)."""
+    import torch
+
+    from .metrics import BaselineError, delta_m, format_metrics_table, load_baseline
+
+    base = None
+    if baseline is not None:
+        try:
+            base = load_baseline(baseline)
+        except BaselineError as exc:
+            raise simple_error(str(baseline), str(exc)) from None
+    model, cfg, _ = load_trained_model(spec, checkpoint, config)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(dev)
+    profile = cfg.profile()
+    loader = make_eval_loader(cfg, profile, cfg.input_size())
+    metrics = evaluate_model(model, loader, profile, cfg.dataset.name, dev, max_batches=max_batches)
+    table = format_metrics_table(metrics, base, split="val") or ""
+    if base is not None:
+        try:
+            value = delta_m(metrics, base)
+        except KeyError as exc:
+            raise simple_error(str(baseline), str(exc).strip("'\"")) from None
+        table += f"\ndelta_m vs {baseline} (selected on {base.selection_split}): {value:+.2f} %"
+    return metrics, table
+
+
+# --- predictions as PNG --------------------------------------------------------------------------------
+
+
+def _palette(n: int):
+    import numpy as np
+
+    # The PASCAL VOC bit-interleaving palette: distinct, stable colours for any class count.
+    palette = np.zeros((max(n, 1), 3), dtype=np.uint8)
+    for i in range(n):
+        c, r, g, b = i, 0, 0, 0
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette[i] = (r, g, b)
+    return palette
+
+
+def prediction_images(outputs: dict, profile) -> dict:
+    """{task: HxWx3 or HxW uint8 array} for one image (batch of 1)."""
+    import numpy as np
+    import torch
+
+    images = {}
+    for task in profile.tasks:
+        pred = outputs[task.name]["final"][0].float()
+        if task.name in ("semseg", "human_parts"):
+            labels = pred.argmax(0).cpu().numpy()
+            images[task.name] = _palette(task.channels)[labels]
+        elif task.name == "sal":
+            prob = torch.softmax(pred, 0)[1] if pred.shape[0] == 2 else torch.sigmoid(pred[0])
+            images[task.name] = (prob.cpu().numpy() * 255).round().astype(np.uint8)
+        elif task.name == "edge":
+            images[task.name] = (torch.sigmoid(pred[0]).cpu().numpy() * 255).round().astype(np.uint8)
+        elif task.name == "normals":
+            unit = torch.nn.functional.normalize(pred, dim=0)
+            images[task.name] = ((unit.permute(1, 2, 0).cpu().numpy() + 1) * 127.5).clip(0, 255).round().astype(np.uint8)
+        elif task.name == "depth":
+            d = pred[0].clamp(min=0).cpu().numpy()
+            lo, hi = float(d.min()), float(d.max())
+            images[task.name] = ((d - lo) / max(hi - lo, 1e-6) * 255).round().astype(np.uint8)
+    return images
+
+
+def load_image(path: Path, size: tuple[int, int]):
+    """An RGB image resized to the model's input size, normalised as in training (ImageNet)."""
+    import numpy as np
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            rgb = img.convert("RGB")
+    except (OSError, UnidentifiedImageError) as exc:
+        raise simple_error(str(path), f"cannot read image {path}: {exc}") from None
+    original = rgb.size
+    rgb = rgb.resize((size[1], size[0]), Image.BILINEAR)
+    array = np.asarray(rgb, dtype=np.float32) / 255.0
+    mean = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+    std = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+    tensor = torch.from_numpy(((array - mean) / std).transpose(2, 0, 1).copy())
+    return tensor, original
+
+
+def run_predict(spec: Any, checkpoint: str | Path, images: list[str | Path], out: str | Path,
+                config: RunConfig | None = None) -> list[Path]:
+    import torch
+    from PIL import Image
+
+    model, cfg, _ = load_trained_model(spec, checkpoint, config)
+    profile = cfg.profile()
+    size = cfg.input_size()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in images:
+        path = Path(path)
+        if not path.is_file():
+            raise simple_error(str(path), f"image not found: {path}")
+        tensor, original = load_image(path, size)
+        with torch.no_grad():
+            outputs = model(tensor.unsqueeze(0))
+        for task, array in prediction_images(outputs, profile).items():
+            image = Image.fromarray(array).resize(original, Image.NEAREST if task in ("semseg", "human_parts") else Image.BILINEAR)
+            target = out / f"{path.stem}_{task}.png"
+            image.save(target)
+            written.append(target)
+    return written

@@ -1,0 +1,161 @@
+"""Training end to end: learning, exact resume, hooks, NaN stop, and a 2-worker Ray Train run."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mtl_dsl.runtime.checkpoints import load_checkpoint, read_meta
+from mtl_dsl.runtime.config import load_config
+from mtl_dsl.runtime.train import NonFiniteLoss, SimulatedCrash, TrainingError, run_training
+
+TINY_BASELINE = {"backbone": "resnet18", "levels": [1, 2], "dim": 16}
+
+
+class TinyNet(nn.Module):
+    """The CompiledModel interface on a two-conv net; dropout so the per-step RNG matters."""
+
+    def __init__(self, profile, input_size):
+        super().__init__()
+        self.profile = profile
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU(), nn.Dropout2d(0.2))
+        self.heads = nn.ModuleDict({t.name: nn.Conv2d(8, t.channels, 1) for t in profile.tasks})
+        self.idle_parameters: dict = {}
+        self.output_names = {t.name: ["final"] for t in profile.tasks}
+        self.ir = None
+
+    def forward(self, x):
+        f = self.body(x)
+        return {t: {"final": F.interpolate(h(f), size=x.shape[-2:], mode="bilinear", align_corners=False)}
+                for t, h in self.heads.items()}
+
+
+def _config(tmp_path: Path, name: str, **training):
+    base = {"iterations": 12, "batch_size": 4, "input_size": [32, 32], "log_interval": 3,
+            "eval_interval": 0, "checkpoint_interval": 3, "eval_batches": 1, "augment": True}
+    base.update(training)
+    return load_config(overrides={
+        "tasks": "semseg,depth,normals,edge",
+        "dataset": {"length": 20, "val_length": 4, "cache": True},
+        "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4},
+        "schedule": {"warmup_iters": 2},
+        "loss": {"weighting": "uncertainty"},
+        "training": base, "run": {"storage": str(tmp_path), "name": name, "keep_checkpoints": 5}})
+
+
+def _quiet(_record):
+    pass
+
+
+def test_plain_training_lowers_every_task_loss(tmp_path):
+    cfg = load_config(overrides={
+        "model": {"overrides": TINY_BASELINE},
+        "dataset": {"length": 16, "val_length": 4, "cache": True},
+        "optimizer": {"lr": 2e-3}, "schedule": {"warmup_iters": 0},
+        "training": {"iterations": 16, "batch_size": 4, "input_size": [32, 32], "augment": False,
+                     "log_interval": 4, "eval_interval": 0, "checkpoint_interval": 0, "eval_batches": 1},
+        "run": {"storage": str(tmp_path), "name": "learn"}})
+    result = run_training("baseline_mt", cfg, plain=True, progress=_quiet)
+    first, last = result.history[0]["losses"], result.history[-1]["losses"]
+    assert set(first) == {"semseg", "human_parts", "sal", "normals", "depth", "edge"}
+    for task in first:
+        assert last[task] < first[task], (task, first[task], last[task])
+    assert result.step == 16 and result.checkpoint is not None
+    meta = read_meta(result.checkpoint)
+    assert meta["step"] == 16 and meta["spec"] == "baseline_mt" and len(meta["ir_hash"]) == 64
+    assert "model baseline_mt" in meta["spec_source"] and meta["profile"]["name"] == "synthetic"
+    assert set(result.metrics) >= {"semseg/mIoU", "depth/rmse", "normals/mean", "edge/odsF"}
+    assert list((result.run_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_resume_after_a_crash_ends_with_the_same_weights(tmp_path):
+    straight = run_training(TinyNet, _config(tmp_path, "straight"), plain=True, progress=_quiet)
+    crashed_cfg = _config(tmp_path, "crashed")
+    with pytest.raises(SimulatedCrash):  # dies after step 8; the last checkpoint is step 6
+        run_training(TinyNet, crashed_cfg, plain=True, progress=_quiet,
+                     fault={"step": 8, "rank": 0, "marker": str(tmp_path / "crashed.marker")})
+    with pytest.raises(Exception, match="already has checkpoints; pass --resume"):
+        run_training(TinyNet, crashed_cfg, plain=True, progress=_quiet)
+    notes = []
+    resumed = run_training(TinyNet, crashed_cfg, plain=True, resume=True, progress=notes.append)
+    assert any(r.get("text") == "resumed from step 6" for r in notes)
+    assert resumed.step == straight.step == 12
+    a, b = load_checkpoint(straight.checkpoint), load_checkpoint(resumed.checkpoint)
+    for key, value in a.model_state.items():
+        assert torch.equal(value, b.model_state[key]), key
+    for key, value in a.state_tensors.items():  # momentum buffers, uncertainty log-variances
+        assert torch.equal(value, b.state_tensors[key]), key
+    assert a.meta["data_state"] == b.meta["data_state"]
+
+
+class NaNDepthNet(TinyNet):
+    """Uses the training hooks: a learnable arch parameter, an extra loss and a step callback."""
+
+    def __init__(self, profile, input_size):
+        super().__init__(profile, input_size)
+        self.alpha = nn.Parameter(torch.zeros(2))
+        self.steps_seen: list = []
+
+    def arch_parameters(self):
+        return [self.alpha]
+
+    def on_train_step(self, step, total_steps):
+        self.steps_seen.append((step, total_steps))
+
+    def extra_loss(self):
+        return (self.alpha - 1.0).pow(2).sum()
+
+    def forward(self, x):
+        out = super().forward(x)
+        if self.training and len(self.steps_seen) >= 5:
+            out["depth"]["final"] = out["depth"]["final"] * float("nan")
+        return out
+
+
+def test_nan_loss_stops_naming_task_and_step_and_keeps_last_checkpoint(tmp_path):
+    cfg = _config(tmp_path, "nan", checkpoint_interval=2)
+    with pytest.raises(NonFiniteLoss, match=r"loss of task 'depth' is nan at step 5"):
+        run_training(NaNDepthNet, cfg, plain=True, progress=_quiet)
+    last = load_checkpoint(tmp_path / "nan" / "checkpoints" / "step_00000004")
+    assert all(torch.isfinite(v).all() for v in last.model_state.values() if v.is_floating_point())
+    assert not (tmp_path / "nan" / "checkpoints" / "step_00000006").exists()
+    # the architecture parameter was trained by its own Adam (lr 5e-4), not by SGD
+    assert "arch" in last.meta["optimizer"]
+    assert last.model_state["alpha"].tolist() == pytest.approx([4 * 5e-4] * 2, rel=0.05)
+    assert all(len(g["params"]) for g in last.meta["optimizer"]["main"]["param_groups"])
+
+
+@pytest.mark.slow
+def test_ray_two_workers_recover_from_a_worker_crash_and_eval_loads_the_checkpoint(tmp_path, capsys):
+    """One Ray start: 2 CPU workers (gloo DDP), rank 1 killed after step 5 -> Ray Train restarts the
+    group from the step-4 checkpoint; then ``mtl-dsl eval`` loads the final checkpoint."""
+    cfg = load_config(overrides={
+        "model": {"overrides": TINY_BASELINE},
+        "dataset": {"length": 16, "val_length": 4},
+        "training": {"iterations": 8, "batch_size": 2, "input_size": [32, 32], "augment": False,
+                     "log_interval": 2, "eval_interval": 4, "checkpoint_interval": 2, "eval_batches": 1},
+        "run": {"storage": str(tmp_path), "name": "ray", "workers": 2, "max_failures": 1}})
+    records = []
+    result = run_training("baseline_mt", cfg, progress=records.append,
+                          fault={"step": 5, "rank": 1, "marker": str(tmp_path / "crash.marker"), "hard": True})
+    assert (tmp_path / "crash.marker").exists()
+    assert any(r.get("text") == "resumed from step 4" for r in records)
+    assert result.step == 8 and result.checkpoint is not None
+    assert result.checkpoint.parent == tmp_path / "ray"
+    meta = read_meta(result.checkpoint)
+    assert meta["step"] == 8 and meta["data_state"]["world_size"] == 2
+    assert [r["step"] for r in result.history] == [2, 4, 6, 8]
+    assert "semseg/mIoU" in result.metrics
+
+    from mtl_dsl.cli import main
+
+    capsys.readouterr()
+    assert main(["eval", "baseline_mt", "--checkpoint", str(result.checkpoint), "--max-batches", "1"]) == 0
+    table = capsys.readouterr().out
+    assert "semseg/mIoU" in table and "depth/rmse" in table and "delta_m" not in table
+    # a checkpoint of another graph is refused with the differing keys
+    assert main(["eval", "baseline_mt", "--checkpoint", str(result.checkpoint), "--set", "dim=8"]) == 2
+    assert "does not match the spec's graph" in capsys.readouterr().err
