@@ -8,7 +8,8 @@ error; :func:`register_backbone` adds an entry (for example for another timm mod
 Levels: for the convolutional and Swin families level ``k`` is the map at stride ``2**(k+1)``
 (level 1 = stride 4 ... level 4 = stride 32; level 0 = the stride-2 stem where there is one). For
 ViTs a level is a transformer block, counted from 1 (``[6, 12, 18, 24]`` for ViT-L as in InvPT), and
-every level is at stride 16.
+every level is at stride 16. For another timm CNN described with :func:`timm_features` the levels
+are timm's feature indices (``out_indices``).
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from ..errors import did_you_mean
 from ..types import Dim, FeatureMap, MultiScale
 from .registry import Block, Call, Input, Param, register
 
-Family = Literal["hrnet", "resnet", "swin", "vit"]
+Family = Literal["hrnet", "resnet", "swin", "vit", "timm"]
+Step = tuple[int, int, int]  # (kernel, stride, padding) of a convolution or pooling window
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class BackboneGeometry:
     channels: dict[int, int]  # level -> channels
     depth: int = 0
     patch: int = 0  # patch size of a patch-embedding family (Swin 4, ViT 16)
+    steps: dict[int, tuple[Step, ...]] | None = None  # family "timm": the strided ops per level
 
     @property
     def levels(self) -> tuple[int, ...]:
@@ -38,6 +41,8 @@ class BackboneGeometry:
 
     @property
     def default_levels(self) -> list[int]:
+        if self.family == "timm":
+            return list(self.levels)
         if self.family == "vit":  # a quarter, half, three quarters and all of the depth, as InvPT
             return [self.depth * k // 4 for k in (1, 2, 3, 4)]
         return [1, 2, 3, 4]
@@ -58,6 +63,10 @@ class BackboneGeometry:
             return _repeat(out, level - 1, lambda x: x.cdiv(2))
         if self.family == "vit":
             return d.cdiv(self.patch) if pad_to_patch else d.conv(self.patch, self.patch)
+        if self.family == "timm" and self.steps is not None:
+            for kernel, stride, padding in self.steps[level]:
+                d = d.conv(kernel, stride, padding)
+            return d
         raise ValueError(self.family)
 
 
@@ -113,6 +122,18 @@ def register_backbone(name: str, geometry: BackboneGeometry) -> None:
     BACKBONES[name] = geometry
 
 
+def timm_features(channels: dict[int, int], steps: dict[int, list[Step]]) -> BackboneGeometry:
+    """The geometry of any timm ``features_only`` CNN: per feature index, its channels and the
+    strided convolutions/poolings (kernel, stride, padding) from the image to it, in order.
+
+    ConvNeXt: ``steps={0: [(4, 4, 0)], 1: [(4, 4, 0), (2, 2, 0)], ...}`` (all floor).
+    """
+    if set(channels) != set(steps):
+        raise ValueError("channels and steps must describe the same levels")
+    return BackboneGeometry("timm", dict(channels),
+                            steps={lv: tuple(tuple(s) for s in st) for lv, st in steps.items()})
+
+
 def lookup_backbone(name: str) -> BackboneGeometry | None:
     """The geometry of ``name``; a timm pretrained tag (``resnet50.a1_in1k``) is ignored."""
     return BACKBONES.get(name) or BACKBONES.get(name.split(".")[0])
@@ -140,7 +161,7 @@ def resolve_options(call: Call) -> BackboneOptions:
             f"unknown backbone '{name}': `check` knows the backbones of its table "
             f"(mtl_dsl.blocks.backbones.BACKBONES: {len(BACKBONES)} models)", "name",
             hint=hint or "another timm model that supports features_only can be described with "
-                         "mtl_dsl.blocks.backbones.register_backbone")
+                         "mtl_dsl.blocks.backbones.register_backbone(name, timm_features(...))")
     family = geometry.family
     levels = call["levels"] if call["levels"] is not None else geometry.default_levels
     if not levels:
@@ -165,6 +186,8 @@ def resolve_options(call: Call) -> BackboneOptions:
                             f"'{name}' is a {family} backbone", param)
         return value
 
+    if call["drop_path"] and family == "hrnet":
+        raise call.fail("timm's HRNet has no stochastic depth: drop_path must be 0", "drop_path")
     vit_norm = family_only("vit_norm", ("vit",), levels[-1:])
     if any(lv not in levels for lv in vit_norm):
         raise call.fail(f"vit_norm {vit_norm} must be a subset of levels {levels}", "vit_norm")
@@ -190,11 +213,14 @@ class Backbone(Block):
                                "swin_tiny_patch4_window7_224, vit_large_patch16_384, resnet50"),
         "levels": Param(list, None, "levels to return: 1..4 = strides 4..32 (0 = the stride-2 stem "
                                     "of HRNet/ResNet); ViT: block numbers from 1, all at stride "
-                                    "16. Default [1, 2, 3, 4]; ViT: depth/4, /2, 3/4, depth",
+                                    "16; a registered timm CNN: timm's feature indices. Default "
+                                    "[1, 2, 3, 4]; ViT: depth/4, /2, 3/4, depth",
                         item_type=int, min=0),
         "pretrained": Param(str, "", "path of a local .safetensors file holding this block's "
                                      "state_dict (or the timm model's, without the `body.` "
-                                     "prefix); keys must match exactly. Empty: random init"),
+                                     "prefix); keys and shapes must match exactly, except a "
+                                     "ViT position table, resampled to the input size. Empty: "
+                                     "random init"),
         "hrnet_fusion": Param(str, None, "HRNet: \"bilinear\" (default) fuses branches with a "
                                          "bilinear x2^k upsample and a size-exact resize, as the "
                                          "official mmseg HRNet (any input size); \"timm\": timm's "

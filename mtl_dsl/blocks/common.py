@@ -390,3 +390,27 @@ class StopGradient(Block):
         from ..modules.common import Detach
 
         return Detach()
+
+
+@register
+class Select(Block):
+    name = "select"
+    doc = "One entry of a per-task collection (what `g[t]` on a block's per-task result means)."
+    args = {
+        "x": Input((TaskMap,), "per-task collection"),
+        "key": Param(str, doc="the task (entry) to take"),
+    }
+
+    def infer(self, call: Call):
+        x: TaskMap = call.inputs["x"]
+        if call["key"] not in x.items:
+            from ..errors import did_you_mean
+
+            raise call.fail(f"no entry '{call['key']}' (entries: {', '.join(x.items)})", "x",
+                            hint=did_you_mean(call["key"], x.items))
+        return x.items[call["key"]]
+
+    def build(self, call: Call):
+        from ..modules.common import SelectKey
+
+        return SelectKey(call["key"])

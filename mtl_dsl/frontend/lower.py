@@ -186,6 +186,7 @@ class Lowerer:
         self.outputs: list[Output] = []
         self.tables: list[TableEntryIR] = []
         self.call_stack: list[str] = []
+        self.selects: dict[tuple[str, int, str], GraphValue] = {}
         self.trace: list[SourceLoc] = []
         self.steps = 0
 
@@ -524,10 +525,6 @@ class Lowerer:
                     container = container.items.setdefault(k, Family(f"{t.name}.{k}"))
                     if not isinstance(container, Family):
                         raise self.error(t.loc, f"'{t.name}[{k}]' is a value, not a family")
-                if keys[-1] in container.items:
-                    raise self.error(t.loc, f"'{t.name}[{']['.join(keys)}]' is assigned twice",
-                                     "a loop that does not index by its variable assigns the same "
-                                     "entry in every iteration")
                 container.items[keys[-1]] = v
             else:
                 self._bind_name(scope, t.name, v, t.loc)
@@ -768,8 +765,9 @@ class Lowerer:
                 raise self.error(expr.index.loc, f"no key {key!r}", did_you_mean(str(key), obj))
             return obj[key]
         if isinstance(obj, GraphValue):
-            raise self.error(expr.loc, "a single graph value cannot be indexed",
-                             "only families assigned as name[key] = ... can")
+            if isinstance(key, bool) or not isinstance(key, (str, int)):
+                raise self.error(expr.index.loc, "a per-task value is indexed by a task name")
+            return self._select(obj, str(key), expr.loc)
         raise self.error(expr.loc, f"cannot index {_type_name(obj)}")
 
     # calls -------------------------------------------------------------------------------------
@@ -907,6 +905,20 @@ class Lowerer:
         if len(block.outputs) == 1:
             return GraphValue(Ref(node=name))
         return tuple(GraphValue(Ref(node=name, index=i)) for i in range(len(block.outputs)))
+
+    def _select(self, value: GraphValue, key: str, loc: ast.Loc) -> GraphValue:
+        """``g[t]`` on a block's per-task result: a ``select`` node (shared by repeated uses)."""
+        cache_key = (value.ref.node, value.ref.index, key)
+        if cache_key in self.selects:
+            return self.selects[cache_key]
+        base = value.ref.node.replace(".", "_") + (f"_{value.ref.index}" if value.ref.index else "")
+        name = self._unique(f"{base}_{key}", loc)
+        node = Node(name=name, block="select", inputs={"x": value.ref}, params={"key": key},
+                    loc=_sloc(loc), trace=list(self.trace))
+        self.nodes.append(node)
+        self.node_names.add(name)
+        self.selects[cache_key] = GraphValue(Ref(node=name))
+        return self.selects[cache_key]
 
     def _attach_assertion(self, node_name: str, assertion: ShapeAssertion) -> None:
         for i, n in enumerate(self.nodes):

@@ -13,7 +13,8 @@ What differs from a plain ``timm.create_model(..., features_only=True)``, and wh
   map (mmseg never shrinks them); maps are padded to whole windows before the cyclic shift, as
   mmseg (timm shifts first).
 * ViT: ``forward_intermediates`` after blocks ``levels``; the final norm only where asked (InvPT
-  normalises block 24 only); blocks after the last level and the classifier are not built.
+  normalises block 24 only); blocks after the last level and the classifier are not built; a
+  pretrained position table of another grid is resampled to this one (InvPT: 384 -> 448x576).
 """
 from __future__ import annotations
 
@@ -91,9 +92,13 @@ class FeaturesBackbone(nn.Module):
     def __init__(self, body: nn.Module):
         super().__init__()
         self.body = body
+        self.channels_last = str(getattr(body, "output_fmt", "NCHW")).endswith("NHWC")
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        return list(self.body(images))
+        maps = list(self.body(images))
+        if self.channels_last:
+            return [m.permute(0, 3, 1, 2).contiguous() for m in maps]
+        return maps
 
 
 class SwinBackbone(nn.Module):
@@ -186,6 +191,23 @@ def _create(name: str, kwargs: dict) -> nn.Module:
                          f"({', '.join(sorted(kwargs))}): {e}") from e
 
 
+def _resample_position_table(model: "ViTBackbone", state: dict[str, torch.Tensor]) -> None:
+    """A ViT checkpoint's position table is for its training size (384: 24x24); resample it to
+    this model's grid as InvPT does (bicubic; the old grid is taken to be square)."""
+    from timm.layers import resample_abs_pos_embed
+
+    table = state.get("body.pos_embed")
+    target = model.body.pos_embed
+    if table is None or target is None or table.shape == target.shape or table.dim() != 3:
+        return
+    prefix = 0 if model.body.no_embed_class else model.body.num_prefix_tokens
+    old_side = int(round((table.shape[1] - prefix) ** 0.5))
+    if old_side * old_side != table.shape[1] - prefix or table.shape[2] != target.shape[2]:
+        return  # not a square table of the same width: reported as a shape mismatch
+    state["body.pos_embed"] = resample_abs_pos_embed(
+        table, new_size=list(model.body.patch_embed.grid_size), num_prefix_tokens=prefix)
+
+
 def load_safetensors(model: nn.Module, path: str) -> None:
     """Load ``path`` into ``model``, every key and shape matching exactly.
 
@@ -206,6 +228,8 @@ def load_safetensors(model: nn.Module, path: str) -> None:
     expected = model.state_dict()
     if not any(k.startswith("body.") for k in state):
         state = {k if k in expected else f"body.{k}": v for k, v in state.items()}
+    if isinstance(model, ViTBackbone):
+        _resample_position_table(model, state)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong_shape = [f"{k}: file {tuple(state[k].shape)}, model {tuple(expected[k].shape)}"

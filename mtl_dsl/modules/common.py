@@ -237,3 +237,12 @@ class Resize(nn.Module):
 class Detach(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.detach()
+
+
+class SelectKey(nn.Module):
+    def __init__(self, key: str):
+        super().__init__()
+        self.key = key
+
+    def forward(self, x: dict) -> torch.Tensor:
+        return x[self.key]
