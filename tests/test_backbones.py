@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from mtl_dsl.blocks import get_block
-from mtl_dsl.blocks.backbones import BACKBONES, HRNET_LAST_MODULE, BackboneGeometry
+from mtl_dsl.blocks.backbones import (BACKBONES, HRNET_LAST_MODULE, BackboneGeometry,
+                                     register_backbone, timm_features)
 from mtl_dsl.blocks.registry import Call, ShapeError
 from mtl_dsl.errors import SpecError
 from mtl_dsl.modules.backbones import create_backbone
@@ -147,6 +148,25 @@ def test_swin_shapes_follow_the_swin_rule(tiny_swins, pad, size):
     assert [tuple(m.shape[1:]) for m in maps] == expected
 
 
+@pytest.fixture(scope="module")
+def registered_convnext():
+    """A timm model outside the table, described by its strided ops (ConvNeXt: all floor)."""
+    steps = {0: [(4, 4, 0)]}
+    for level in (1, 2, 3):
+        steps[level] = steps[level - 1] + [(2, 2, 0)]
+    register_backbone("test_convnext", timm_features({0: 24, 1: 32, 2: 48, 3: 64}, steps))
+    yield build_backbone("test_convnext")
+    del BACKBONES["test_convnext"]
+
+
+@settings(max_examples=6, deadline=None)
+@given(size=SIZES)
+def test_a_registered_timm_model_works_as_a_backbone(registered_convnext, size):
+    predicted, model = registered_convnext
+    assert [str(lv.h) for lv in predicted.levels] == ["H//4", "H//8", "H//16", "H//32"]
+    assert_shapes(predicted, run(model, size), size)
+
+
 def test_swin_padding_and_floor_differ_as_documented():
     block = get_block("backbone")
     with_pad = block.infer(backbone_call("swin_tiny_patch4_window7_224"))
@@ -243,6 +263,17 @@ def test_safetensors_round_trip(tmp_path):
     assert torch.equal(loaded.body.conv1.weight, source.body.conv1.weight)
 
 
+def test_vit_position_table_is_resampled_to_the_input_size(tmp_path):
+    torch.manual_seed(2)
+    _, square = build_backbone("test_vit", size=(64, 64), levels=[2, 6])  # 4x4 (+cls) table
+    path = tmp_path / "vit.safetensors"
+    save_file(square.state_dict(), str(path))
+    _, wide = build_backbone("test_vit", size=(48, 96), levels=[2, 6], pretrained=str(path))
+    assert wide.body.pos_embed.shape == (1, 1 + 3 * 6, 64)
+    assert torch.equal(wide.body.pos_embed[:, 0], square.body.pos_embed[:, 0])  # class token
+    assert torch.equal(wide.body.blocks[0].attn.qkv.weight, square.body.blocks[0].attn.qkv.weight)
+
+
 def test_mismatched_weights_list_the_keys(tmp_path):
     _, source = build_backbone("resnet18", levels=[1, 2])
     state = source.state_dict()
@@ -280,6 +311,7 @@ def test_unknown_backbone_suggests_a_known_one():
     ({"name": "hrnet_w18_small_v2", "pad_to_patch": True}, "swin and vit"),
     ({"name": "test_vit", "levels": [2, 4], "vit_norm": [3]}, "subset"),
     ({"name": "hrnet_w18_small_v2", "levels": [0]}, "branch levels"),
+    ({"name": "hrnet_w18_small_v2", "drop_path": 0.1}, "stochastic depth"),
 ])
 def test_bad_parameters_are_shape_errors(params, message):
     with pytest.raises(ShapeError, match=message):
