@@ -79,6 +79,10 @@ class Family:
         return CollectionRef(items=out)
 
 
+class MissingTableEntry(ValueError):
+    pass
+
+
 class TableValue:
     """A two-level constant table with ``*`` defaults, indexed ``table[target][source]``."""
 
@@ -93,7 +97,7 @@ class TableValue:
             for col_key in (source, "*"):
                 if col_key in row:
                     return row[col_key]
-        raise KeyError(f"{target} <- {source}")
+        raise MissingTableEntry(f"table '{self.name}' has no entry {target} <- {source}")
 
     def row(self, target: str) -> "TableRow":
         return TableRow(self, target)
@@ -187,6 +191,7 @@ class Lowerer:
         self.tables: list[TableEntryIR] = []
         self.call_stack: list[str] = []
         self.selects: dict[tuple[str, int, str], GraphValue] = {}
+        self.name_prefixes: set[str] = set()  # every proper dotted prefix of a node name
         self.trace: list[SourceLoc] = []
         self.steps = 0
 
@@ -416,14 +421,22 @@ class Lowerer:
                         raise self.error(stmt.loc, "'preset' is only allowed at the top of a model")
                 elif isinstance(stmt, ast.Table):
                     self._table(stmt, scope)
+            except MissingTableEntry as e:
+                self.error(stmt.loc, str(e), "add the entry, or a default row/column '*'")
+                self._poison_targets(stmt, scope)
             except _Poison:
-                if isinstance(stmt, ast.Assign):
-                    for t in stmt.targets:
-                        scope.poisoned.add(t.name)
-                        scope.function_scope().poisoned.add(t.name) if t.indices else None
+                self._poison_targets(stmt, scope)
                 if isinstance(stmt, ast.Return):
                     raise
         return None
+
+    def _poison_targets(self, stmt: ast.Stmt, scope: Scope) -> None:
+        """Later uses of what a failed statement would have bound stay quiet."""
+        if isinstance(stmt, ast.Assign):
+            for t in stmt.targets:
+                scope.poisoned.add(t.name)
+                if t.indices:
+                    scope.function_scope().poisoned.add(t.name)
 
     def _tick(self, loc: ast.Loc) -> None:
         self.steps += 1
@@ -555,7 +568,7 @@ class Lowerer:
         for i in range(1, len(parts)):
             if ".".join(parts[:i]) in self.node_names:
                 return True
-        return any(n.startswith(name + ".") for n in self.node_names)
+        return name in self.name_prefixes
 
     def _output(self, target: ast.Target, stmt: ast.Assign, scope: Scope, in_model: bool) -> None:
         if not in_model or scope.prefix:
@@ -747,12 +760,7 @@ class Lowerer:
         if isinstance(obj, TableRow):
             if not isinstance(key, str):
                 raise self.error(expr.index.loc, "a table is indexed by task names")
-            try:
-                return obj.table.lookup(obj.target, key)
-            except KeyError:
-                raise self.error(expr.loc, f"table '{obj.table.name}' has no entry "
-                                           f"{obj.target} <- {key}",
-                                 "add the entry, or a default row/column '*'") from None
+            return obj.table.lookup(obj.target, key)
         if isinstance(obj, list):
             if not isinstance(key, int) or isinstance(key, bool):
                 raise self.error(expr.index.loc, "a list is indexed by an integer")
@@ -900,11 +908,17 @@ class Lowerer:
         node = Node(name=name, block=block.name, inputs=inputs, params=params,
                     loc=_sloc(expr.loc), trace=list(self.trace), num_outputs=len(block.outputs),
                     shape=assertion, defaulted=defaulted)
-        self.nodes.append(node)
-        self.node_names.add(name)
+        self._add_node(node)
         if len(block.outputs) == 1:
             return GraphValue(Ref(node=name))
         return tuple(GraphValue(Ref(node=name, index=i)) for i in range(len(block.outputs)))
+
+    def _add_node(self, node: Node) -> None:
+        self.nodes.append(node)
+        self.node_names.add(node.name)
+        parts = node.name.split(".")
+        for i in range(1, len(parts)):
+            self.name_prefixes.add(".".join(parts[:i]))
 
     def _select(self, value: GraphValue, key: str, loc: ast.Loc) -> GraphValue:
         """``g[t]`` on a block's per-task result: a ``select`` node (shared by repeated uses)."""
@@ -915,8 +929,7 @@ class Lowerer:
         name = self._unique(f"{base}_{key}", loc)
         node = Node(name=name, block="select", inputs={"x": value.ref}, params={"key": key},
                     loc=_sloc(loc), trace=list(self.trace))
-        self.nodes.append(node)
-        self.node_names.add(name)
+        self._add_node(node)
         self.selects[cache_key] = GraphValue(Ref(node=name))
         return self.selects[cache_key]
 
@@ -1137,10 +1150,7 @@ class Lowerer:
             table, key = args
             if not isinstance(table, TableValue) or not isinstance(key, str):
                 raise TypeError("column(table, source) needs a table and a task name")
-            try:
-                return [table.lookup(t, key) for t in self.tasks]
-            except KeyError as e:
-                raise ValueError(f"table '{table.name}' has no entry {e.args[0]}") from None
+            return [table.lookup(t, key) for t in self.tasks]
         if name in ("channels", "aux_channels"):
             t = args[0]
             if t not in self.tasks:
