@@ -5,7 +5,7 @@ This package file stays import-light (no torch, no numpy) so that the CLI can im
 help without paying for torch; import the submodules you need:
 
 * ``mtl_dsl.runtime.datasets``: ``build_dataset(name, root, split, profile, ...)``, ``collate_samples``
-* ``mtl_dsl.runtime.synthetic``: ``SyntheticDataset``, ``render_scene``
+* ``mtl_dsl.runtime.synthetic``: ``SyntheticDataset``, ``render_sample``
 * ``mtl_dsl.runtime.transforms``: the train/test pipelines of models.md section 2.2
 * ``mtl_dsl.runtime.metrics``: ``MetricSet``, ``METRIC_DIRECTIONS``, ``delta_m``, ``load_baseline``
 """
