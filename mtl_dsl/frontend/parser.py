@@ -32,8 +32,16 @@ _TERMINAL_WORDS = {
 
 @functools.lru_cache(maxsize=1)
 def _lark() -> Lark:
-    return Lark(GRAMMAR.read_text(), parser="lalr", propagate_positions=True,
-                maybe_placeholders=True)
+    """The grammar alone (for terminal names)."""
+    return Lark(GRAMMAR.read_text(), parser="lalr", maybe_placeholders=True)
+
+
+@functools.lru_cache(maxsize=1)
+def _parser() -> tuple[Lark, "_ToAst"]:
+    """The parser with the AST transformer inlined: no intermediate parse tree is built."""
+    transformer = _ToAst("<spec>")
+    return Lark(GRAMMAR.read_text(), parser="lalr", maybe_placeholders=True,
+                transformer=transformer), transformer
 
 
 @functools.lru_cache(maxsize=1)
@@ -129,11 +137,17 @@ def parse_source(source: str, path: str = "<spec>") -> ast.SpecFile:
         errors.append(_syntax_diagnostic(e, path, lines))
         return len(errors) < MAX_ERRORS
 
+    parser, transformer = _parser()
+    transformer.path = path
     try:
-        tree = _lark().parse(source, on_error=on_error)
+        tree = parser.parse(source, on_error=on_error)
     except UnexpectedInput as e:  # lexer errors and errors past the cap end parsing
         if not errors or errors[-1] != _syntax_diagnostic(e, path, lines):
             errors.append(_syntax_diagnostic(e, path, lines))
+        tree = None
+    except Exception:  # building the AST from a tree that error recovery left incomplete
+        if not errors:
+            raise
         tree = None
     if errors:
         raise SpecError(_dedupe(errors))
