@@ -200,7 +200,9 @@ class UpEmbed(Block):
                 f"the encoder-feature map {efa.shape_str()} must match the up-embedded map "
                 f"{out.shape_str()} (at input size {size[0]}x{size[1]}: "
                 f"{efa.concrete(size)} vs {out.concrete(size)}); the official decoder halves "
-                f"the encoder grid, so it needs an even grid", "efa", "x")
+                f"the encoder grid, so it needs an even grid", "efa", "x",
+                hint="use an input size whose encoder grid is even (ViT/16: a multiple of 32; "
+                     "InvPT pads NYUD to 448x576)")
         return out
 
     def build(self, call: Call):
