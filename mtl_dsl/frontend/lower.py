@@ -1083,7 +1083,12 @@ class Lowerer:
     def _builtin(self, name: str, expr: ast.CallExpr, scope: Scope) -> Any:
         if any(a.name is not None for a in expr.args):
             raise self.error(expr.loc, f"'{name}' takes positional arguments only")
-        args = [self.const(a.value, scope, f"'{name}'") for a in expr.args]
+        if name == "len":  # the one built-in that also takes a per-task collection
+            args = [self.eval(a.value, scope) for a in expr.args]
+            if args and isinstance(args[0], (GraphValue, tuple)):
+                raise self.error(expr.loc, "'len' takes a list, a dict or a per-task collection")
+        else:
+            args = [self.const(a.value, scope, f"'{name}'") for a in expr.args]
         arity = BUILTIN_FUNCTIONS[name]
         if not (arity[0] <= len(args) <= arity[1]):
             raise self.error(expr.loc, f"'{name}' takes {arity[0]}"
