@@ -218,6 +218,15 @@ def test_hrnet_fusions_into_unreturned_branches_are_idle():
     assert no_grad == declared and declared
 
 
+@pytest.mark.parametrize("name, levels", [("resnet18", [1, 2, 3, 4]), ("test_vit", [2, 6]),
+                                          ("hrnet_w18_small_v2", [1, 2, 3, 4])])
+def test_every_parameter_gets_a_gradient_from_the_start(name, levels):
+    torch.manual_seed(0)
+    _, model = build_backbone(name, size=(32, 32), levels=levels)
+    sum(m.pow(2).mean() for m in model(torch.randn(1, 3, 32, 32))).backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()] == []
+
+
 # -- Swin windows ----------------------------------------------------------------------------------
 
 def test_mmseg_windows_equal_timm_windows_when_maps_are_whole_windows():

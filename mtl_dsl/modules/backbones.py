@@ -173,6 +173,8 @@ def create_backbone(name: str, family: str, levels: Sequence[int], *, in_chans: 
                     module.__class__ = BilinearFuseHRModule
         model = FeaturesBackbone(body)
     else:
+        if family == "resnet":  # torchvision/mmseg init: timm's zero-initialised last BN of each
+            kwargs.setdefault("zero_init_last", False)  # block would leave its convs gradient-free
         model = FeaturesBackbone(_create(name, dict(kwargs, features_only=True, out_indices=levels)))
     if pretrained:
         load_safetensors(model, pretrained)
