@@ -32,6 +32,7 @@ MAX_STEPS = 200_000
 MAX_CALL_DEPTH = 32
 
 RESERVED_NAMES = {"out", "images", "tasks"}
+INPUT_MULTIPLE = "input_multiple"  # `input_multiple = 32` in a model: the sides it accepts
 # Attributes of every torch module (and of the compiled model): a node may not be named after one.
 MODULE_ATTRIBUTES = {
     "T_destination", "add_module", "apply", "bfloat16", "buffers", "call_super_init", "children",
@@ -180,6 +181,8 @@ class Lowerer:
         self.profile = profile
         self.tasks = profile.task_names
         self.input_size = tuple(input_size or profile.input_size)
+        self.explicit_input = input_size is not None
+        self.input_multiple: int | None = None
         self.search_paths = search_paths if search_paths is not None else _default_search_paths()
         self.errors: list[Diagnostic] = []
         self.sources: dict[str, list[str]] = {}
@@ -503,6 +506,9 @@ class Lowerer:
 
     def _assign(self, stmt: ast.Assign, scope: Scope, in_model: bool) -> None:
         first = stmt.targets[0]
+        if first.name == INPUT_MULTIPLE and len(stmt.targets) == 1 and not first.indices:
+            self._input_multiple(stmt, scope, in_model)
+            return
         # outputs
         if first.name == "out":
             if len(stmt.targets) != 1:
@@ -541,6 +547,23 @@ class Lowerer:
                 container.items[keys[-1]] = v
             else:
                 self._bind_name(scope, t.name, v, t.loc)
+
+    def _input_multiple(self, stmt: ast.Assign, scope: Scope, in_model: bool) -> None:
+        """The model only takes inputs whose sides are multiples of k (InvPT: 32). A profile's
+        default size is padded up to it, as the official code pads NYUD 425x560 to 448x576."""
+        if not in_model or scope.prefix or not scope.is_function:
+            raise self.error(stmt.loc, f"'{INPUT_MULTIPLE}' is set at the top of a model")
+        k = self.const(stmt.value, scope, f"'{INPUT_MULTIPLE}'")
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 1024:
+            raise self.error(stmt.value.loc, f"'{INPUT_MULTIPLE}' is an integer from 1 to 1024")
+        h, w = self.input_size
+        if h % k or w % k:
+            if self.explicit_input:
+                raise self.error(stmt.loc, f"this model takes input sides that are multiples of "
+                                           f"{k}; {h}x{w} is not",
+                                 f"use --input {-(-h // k) * k}x{-(-w // k) * k} (pad the images)")
+            self.input_size = (-(-h // k) * k, -(-w // k) * k)
+        self.input_multiple = k
 
     def _node_name(self, target: ast.Target, scope: Scope) -> str:
         if target.indices:
