@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from mtl_dsl.blocks import get_block
@@ -210,3 +210,176 @@ def test_heads_must_divide_the_width():
     call = make_call("task_interaction", {"x": TaskMap(items={"depth": x})}, {"heads": 4})
     with pytest.raises(Exception, match="divisible"):
         get_block("task_interaction").infer(call)
+
+
+# -- the compiled reference spec -----------------------------------------------------------------
+
+from mtl_dsl.api import check_spec, compile_model  # noqa: E402
+from mtl_dsl.tasks import KNOWN_TASKS  # noqa: E402
+
+TINY = "resnet18"  # random weights; levels 64/128/256/512 at strides 4..32: C_in = 960
+
+
+def task_string(tasks: list[str]) -> str:
+    return ",".join(f"{t}:3" if t in ("semseg", "human_parts") else t for t in tasks)
+
+
+def predicted_shape(t, size, batch):
+    if t.kind == "taskmap":
+        return {k: predicted_shape(v, size, batch) for k, v in t.items.items()}
+    if t.kind == "multiscale":
+        return [(batch,) + lv.concrete(size) for lv in t.levels]
+    return (batch,) + tuple(t.concrete(size))
+
+
+def actual_shape(value):
+    if isinstance(value, dict):
+        return {k: actual_shape(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [actual_shape(v) for v in value]
+    return tuple(value.shape)
+
+
+def run_and_check_shapes(model, images) -> dict:
+    """Forward ``images`` and assert every node's output has the checker's predicted shape."""
+    seen = {}
+    hooks = [module.register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, o))
+             for name, module in model.node_modules().items()]
+    try:
+        out = model(images)
+    finally:
+        for h in hooks:
+            h.remove()
+    size, batch = tuple(images.shape[-2:]), images.shape[0]
+    for name, value in seen.items():
+        types = model.checked.types[name]
+        assert actual_shape(value) == predicted_shape(types[0], size, batch), name
+    for task in model.profile.tasks:
+        assert out[task.name]["final"].shape == (batch, task.channels, *size)
+    return out
+
+
+def summed_loss(out) -> torch.Tensor:
+    return sum(v.float().pow(2).mean() for task in out.values() for v in task.values())
+
+
+def randomise_norms(model) -> None:
+    """timm's ResNet zero-initialises the last BatchNorm of every block, which would starve its
+    convolutions of gradient at init; random affine norms make gradient reachability structural."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.LayerNorm)) and m.weight is not None:
+                m.weight.uniform_(0.5, 1.5)
+
+
+def params_without_gradient(model) -> set[str]:
+    return {n for n, p in model.named_parameters() if p.grad is None or not torch.any(p.grad != 0)}
+
+
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+          phases=[Phase.explicit, Phase.reuse, Phase.generate])  # shrinking a model is slow
+@given(tasks=st.lists(st.sampled_from(KNOWN_TASKS), min_size=1, max_size=3, unique=True),
+       h=st.integers(32, 56), w=st.integers(32, 56), heads=st.sampled_from([1, 2, 4]),
+       per_head=st.integers(2, 4), depth=st.integers(1, 2),
+       variant=st.sampled_from(["official", "paper"]),
+       modules=st.sampled_from(["dm", "dm+ti", "dm+ti+tq"]))
+def test_compiled_shapes_gradients_and_idle_parameters(tasks, h, w, heads, per_head, depth,
+                                                       variant, modules):
+    torch.manual_seed(0)
+    model = compile_model("demt", tasks=task_string(tasks), input_size=(h, w), overrides={
+        "backbone": TINY, "dim": heads * per_head, "heads": heads, "depth": depth,
+        "variant": variant, "modules": modules})
+    model.train()
+    randomise_norms(model)
+    summed_loss(run_and_check_shapes(model, torch.randn(2, 3, h, w))).backward()
+    assert params_without_gradient(model) == set(model.idle_parameters)
+    fusion_qk = {f"f.f.task_fusion.{p}.{q}" for p in ("q_proj", "k_proj") for q in ("weight", "bias")}
+    query_qk = {f"q.q.{t}.task_query.{p}.{q}" for t in tasks for p in ("q_proj", "k_proj")
+                for q in ("weight", "bias")}
+    expected = set()
+    if modules != "dm" and variant == "official":
+        expected |= fusion_qk  # the official task interaction: softmax over one key
+    if modules == "dm+ti+tq" and variant == "official" and len(tasks) == 1:
+        expected |= query_qk  # the per-pixel softmax over the tasks has one key
+    assert set(model.idle_parameters) == expected
+    assert not any(p.requires_grad for n, p in model.named_parameters() if n in expected)
+
+
+def test_compiled_model_is_batch_independent():
+    torch.manual_seed(1)
+    for variant in ("official", "paper"):
+        model = compile_model("demt", tasks="semseg:3,depth,edge", input_size=(32, 40),
+                              overrides={"backbone": TINY, "dim": 8, "variant": variant}).eval()
+        images = torch.randn(3, 3, 32, 40)
+        with torch.no_grad():
+            full, alone = model(images), model(images[2:])
+        for task in full:
+            assert torch.allclose(full[task]["final"][2:], alone[task]["final"], atol=1e-4)
+
+
+def mixer_params(d: int) -> int:
+    """1x1 conv + BN, deformable 1x1 conv + BN, p_conv 3x3 d->18, opt 3x3 18->2d (groups 2)."""
+    return (d * d + d + 2 * d) * 2 + (9 * 18 * d + 18) + (2 * d * 9 * 9 + 2 * d)
+
+
+def attention_params(d: int) -> int:
+    return 4 * (d * d + d)
+
+
+def smlp_params(d: int) -> int:
+    return d * d + d + 2 * d
+
+
+def head_params(cin: int, d: int, channels: list[int], ratio: int) -> int:
+    w = cin // ratio
+    return sum(9 * d * w + 2 * w + w * c + c for c in channels)
+
+
+def demt_params(cin: int, d: int, channels: list[int], depth: int = 1) -> int:
+    t = len(channels)
+    return (cin * d + 3 * d + t * depth * mixer_params(d) + attention_params(d) + smlp_params(d)
+            + t * (attention_params(d) + smlp_params(d)) + head_params(cin, d, channels, 8))
+
+
+def count(model, prefix: str = "") -> int:
+    return sum(p.numel() for n, p in model.named_parameters() if n.startswith(prefix))
+
+
+def tiny(overrides: dict, tasks: str = "semseg:3,depth,normals", size=(32, 32)):
+    return compile_model("demt", tasks=tasks, input_size=size,
+                         overrides={"backbone": TINY, "dim": 16, **overrides})
+
+
+def test_ablations_change_the_parameters_by_the_removed_modules():
+    d, t = 16, 3
+    full, no_tq, dm = tiny({}), tiny({"modules": "dm+ti"}), tiny({"modules": "dm"})
+    assert count(full) - count(no_tq) == t * (attention_params(d) + smlp_params(d))
+    assert count(no_tq) - count(dm) == attention_params(d) + smlp_params(d)
+    for depth in (2, 4, 8):
+        assert count(tiny({"depth": depth})) - count(full) == (depth - 1) * t * mixer_params(d)
+    # the paper's variant: LayerNorm on C_in before the linear, LayerNorms before the attentions
+    assert count(tiny({"variant": "paper"})) - count(full) == 2 * 960 - 2 * d + 2 * d + t * 4 * d
+    assert count(full) - count(full, "feats") == demt_params(960, d, [3, 1, 3])
+
+
+@pytest.mark.parametrize("levels, cin, stride", [([1], 64, 4), ([1, 2], 192, 4),
+                                                 ([1, 2, 3], 448, 4), ([2, 3, 4], 896, 8)])
+def test_scales_set_the_width_and_the_grid_of_the_head(levels, cin, stride):
+    model = tiny({"levels": levels}, size=(48, 64))
+    assert count(model) - count(model, "feats") == demt_params(cin, 16, [3, 1, 3])
+    graph = model.checked.types
+    assert predicted_shape(graph["d.e"][0], (48, 64), 1) == (1, 16, 48 // stride, 64 // stride)
+
+
+def test_official_totals_on_nyud():
+    """Parameters to the unit (models.md 1.1): HRNet18 with D = 128, Swin-T with D = 256. (Swin-S
+    gives the official code's 53,388,163, not the published 53.03 M: see models.md 1.3.)"""
+    expected = {"hrnet18": (4_764_730, 3_860_720), "swin_t": (32_070_259, 27_520_698)}
+    for preset, (total, backbone) in expected.items():
+        model = compile_model("demt", tasks="nyud", preset=preset)
+        assert (count(model), count(model, "feats")) == (total, backbone), preset
+
+
+def test_spec_errors_name_the_ablation():
+    with pytest.raises(Exception, match="dm\\+ti"):
+        check_spec("demt", tasks="nyud", overrides={"modules": "dm+tq"})
