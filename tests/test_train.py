@@ -131,7 +131,7 @@ def test_nan_loss_stops_naming_task_and_step_and_keeps_last_checkpoint(tmp_path)
 @pytest.mark.slow
 def test_ray_two_workers_recover_from_a_worker_crash_and_eval_loads_the_checkpoint(tmp_path, capsys):
     """One Ray start: 2 CPU workers (gloo DDP), rank 1 killed after step 5 -> Ray Train restarts the
-    group from the step-4 checkpoint; then ``mtl-dsl eval`` loads the final checkpoint."""
+    group from the last registered checkpoint; then ``mtl-dsl eval`` loads the final checkpoint."""
     cfg = load_config(overrides={
         "model": {"overrides": TINY_BASELINE},
         "dataset": {"length": 16, "val_length": 4},
@@ -142,12 +142,15 @@ def test_ray_two_workers_recover_from_a_worker_crash_and_eval_loads_the_checkpoi
     result = run_training("baseline_mt", cfg, progress=records.append,
                           fault={"step": 5, "rank": 1, "marker": str(tmp_path / "crash.marker"), "hard": True})
     assert (tmp_path / "crash.marker").exists()
-    assert any(r.get("text") == "resumed from step 4" for r in records)
+    # Ray Train registers a checkpoint when its controller has processed the report, which may lag
+    # the crash by a poll interval: the restart continues from step 4 or from step 2.
+    notes = [r["text"] for r in records if r.get("kind") == "note"]
+    assert notes in (["resumed from step 4"], ["resumed from step 2"]), notes
     assert result.step == 8 and result.checkpoint is not None
     assert result.checkpoint.parent == tmp_path / "ray"
     meta = read_meta(result.checkpoint)
     assert meta["step"] == 8 and meta["data_state"]["world_size"] == 2
-    assert [r["step"] for r in result.history] == [2, 4, 6, 8]
+    assert {r["step"] for r in result.history} == {2, 4, 6, 8} and result.history[-1]["step"] == 8
     assert "semseg/mIoU" in result.metrics
 
     from mtl_dsl.cli import main
@@ -155,7 +158,7 @@ def test_ray_two_workers_recover_from_a_worker_crash_and_eval_loads_the_checkpoi
     capsys.readouterr()
     assert main(["eval", "baseline_mt", "--checkpoint", str(result.checkpoint), "--max-batches", "1"]) == 0
     table = capsys.readouterr().out
-    assert "semseg/mIoU" in table and "depth/rmse" in table and "delta_m" not in table
+    assert "semseg/mIoU" in table and "depth/rmse" in table and "delta_m: not computed" in table
     # a checkpoint of another graph is refused with the differing keys
     assert main(["eval", "baseline_mt", "--checkpoint", str(result.checkpoint), "--set", "dim=8"]) == 2
     assert "does not match the spec's graph" in capsys.readouterr().err
