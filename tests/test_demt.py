@@ -264,8 +264,8 @@ def summed_loss(out) -> torch.Tensor:
 
 
 def randomise_norms(model) -> None:
-    """timm's ResNet zero-initialises the last BatchNorm of every block, which would starve its
-    convolutions of gradient at init; random affine norms make gradient reachability structural."""
+    """Random affine norms, so that a zero-initialised norm scale (as timm's ResNet has by default)
+    cannot hide a path: gradient reachability is then a property of the graph alone."""
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.LayerNorm)) and m.weight is not None:
