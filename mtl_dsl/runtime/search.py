@@ -42,6 +42,7 @@ class SearchResult:
     choices: list[PairChoice]
     step: int
     run_dir: Path | None = None
+    checkpoint: Path | None = None
     genotype: dict = field(default_factory=dict)
 
 
@@ -363,7 +364,7 @@ def search(spec: str | Path, config=None, *, output: str | Path | None = None,
         (Path(result.run_dir) / "atrc_genotype.json").write_text(json.dumps(genotype, indent=1))
     found = write_found_spec(spec, choices, output, note=f"step {checkpoint.step}", **spec_kwargs)
     return SearchResult(found_spec=found, choices=choices, step=checkpoint.step,
-                        run_dir=result.run_dir, genotype=genotype)
+                        run_dir=result.run_dir, checkpoint=checkpoint.path, genotype=genotype)
 
 
 def run_search(args) -> int:
