@@ -162,3 +162,24 @@ def test_ray_two_workers_recover_from_a_worker_crash_and_eval_loads_the_checkpoi
     # a checkpoint of another graph is refused with the differing keys
     assert main(["eval", "baseline_mt", "--checkpoint", str(result.checkpoint), "--set", "dim=8"]) == 2
     assert "does not match the spec's graph" in capsys.readouterr().err
+
+
+def test_predict_writes_one_png_per_task_per_image(tmp_path):
+    from PIL import Image
+
+    from mtl_dsl.runtime.evaluate import run_predict
+
+    result = run_training(TinyNet, _config(tmp_path, "predict", iterations=2, checkpoint_interval=2),
+                          plain=True, progress=_quiet)
+    Image.new("RGB", (40, 30), (120, 60, 30)).save(tmp_path / "a.jpg")
+    Image.new("RGB", (20, 20), (0, 200, 30)).save(tmp_path / "b.png")
+    written = run_predict(TinyNet, result.run_dir, [tmp_path / "a.jpg", tmp_path / "b.png"], tmp_path / "out")
+    assert sorted(p.name for p in written) == sorted(
+        f"{s}_{t}.png" for s in ("a", "b") for t in ("semseg", "depth", "normals", "edge"))
+    with Image.open(tmp_path / "out" / "a_normals.png") as img:
+        assert img.size == (40, 30) and img.mode == "RGB"
+    with Image.open(tmp_path / "out" / "b_depth.png") as img:
+        assert img.size == (20, 20) and img.mode == "L"
+    with pytest.raises(Exception, match="cannot read image"):
+        (tmp_path / "bad.png").write_bytes(b"not a png")
+        run_predict(TinyNet, result.run_dir, [tmp_path / "bad.png"], tmp_path / "out")
