@@ -143,7 +143,7 @@ def test_torch_compile_runs_the_model(tmp_path):
     x = torch.randn(1, 3, 16, 16)
     with torch.no_grad():
         expected = model(x)
-        compiled = torch.compile(model, backend="eager")
+        compiled = torch.compile(model, backend="eager", fullgraph=True)
         got = compiled(x)
     for t in expected:
         torch.testing.assert_close(got[t]["final"], expected[t]["final"])

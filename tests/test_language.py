@@ -305,3 +305,31 @@ def test_check_does_not_import_torch():
     code = ("import sys; from mtl_dsl.api import check_spec; check_spec('baseline_mt'); "
             "assert 'torch' not in sys.modules and 'ray' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_loops_accumulate_into_outer_names(tmp_path):
+    spec = """
+block stack(x, depth: int = 1) {
+  y = conv_bn_act(x, 4)
+  for i in range(depth - 1) {
+    y = conv_bn_act(y, 4)
+  }
+  return y
+}
+model m(depth = 3) {
+  x = conv_bn_act(images, 4, stride = 4)
+  for t in tasks {
+    d[t] = stack(x, depth = depth)
+    h = conv_bn_act(d[t], 4)
+    out[t] = dense_head(h, task = t)
+  }
+}
+"""
+    graph = check_spec(write(tmp_path, spec), tasks="depth,edge")
+    convs = [n for n in graph.ir.nodes if n.block == "conv_bn_act"]
+    assert len(convs) == 1 + 2 * (3 + 1)
+    head_input = graph.ir.node("h.depth").inputs["x"].node
+    chain = graph.ir.node(head_input)
+    assert graph.ir.node(chain.inputs["x"].node).inputs["x"].node == "d.depth.y"
+    bad = spec.replace("    y = conv_bn_act(y, 4)", "    i = 2")
+    assert "loop variable" in str(errors_of(write(tmp_path, bad, "bad.mtl")))

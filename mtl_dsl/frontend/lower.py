@@ -142,6 +142,7 @@ class Scope:
     suffix: tuple[str, ...] = ()  # loop values: names bound in a loop get ".<value>" appended
     is_function: bool = True
     file: _FileScope | None = None
+    loop_var: str | None = None
     poisoned: set[str] = field(default_factory=set)
 
     def lookup(self, name: str) -> tuple[bool, Any]:
@@ -464,9 +465,19 @@ class Lowerer:
         self._bind_name(scope, stmt.name, TableValue(stmt.name, rows, self.tasks), stmt.loc)
 
     def _bind_name(self, scope: Scope, name: str, value: Any, loc: ast.Loc) -> None:
+        """Inside a loop, assigning a name bound outside the loop rebinds it there (so
+        `for i in range(n) { y = f(y) }` accumulates); a new name is local to the iteration."""
         if name in RESERVED_NAMES:
             raise self.error(loc, f"'{name}' is reserved and cannot be assigned")
-        scope.vars[name] = value
+        target = scope
+        while not target.is_function and name not in target.vars and target.parent is not None:
+            target = target.parent
+        if name not in target.vars:
+            target = scope
+        if target.loop_var == name:
+            raise self.error(loc, f"'{name}' is a loop variable and cannot be assigned")
+        target.vars[name] = value
+        target.poisoned.discard(name)
         scope.poisoned.discard(name)
 
     def _for(self, stmt: ast.For, scope: Scope, in_model: bool) -> None:
@@ -483,7 +494,8 @@ class Lowerer:
                 raise self.error(stmt.iterable.loc, f"a for loop runs over names or integers, "
                                                     f"got {_type_name(item)} {_short(item)}")
             inner = Scope(vars={stmt.var: item}, parent=scope, prefix=scope.prefix,
-                          suffix=scope.suffix + (str(item),), is_function=False, file=scope.file)
+                          suffix=scope.suffix + (str(item),), is_function=False, file=scope.file,
+                          loop_var=stmt.var)
             if stmt.condition is not None:
                 cond = self.const(stmt.condition, inner, "a loop condition")
                 if not isinstance(cond, bool):
@@ -580,10 +592,16 @@ class Lowerer:
                                   f"torch module", "pick another name")
         if name not in self.node_names and not self._prefix_clash(name):
             return name
-        i = 2
-        while f"{name}_{i}" in self.node_names or self._prefix_clash(f"{name}_{i}"):
-            i += 1
-        return f"{name}_{i}"
+        if self._prefix_clash(name):
+            # `y` is a node and a loop rebinds it as `y.0`: flatten to `y_0`.
+            name = name.replace(".", "_")
+            if name not in self.node_names and not self._prefix_clash(name):
+                return name
+        for i in range(2, MAX_NODES + 2):
+            candidate = f"{name}_{i}"
+            if candidate not in self.node_names and not self._prefix_clash(candidate):
+                return candidate
+        raise self.error(loc, f"cannot find a free node name for '{name}'")
 
     def _prefix_clash(self, name: str) -> bool:
         """A node's module path may not be a prefix of another's (x and x.y)."""
