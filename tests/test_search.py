@@ -215,7 +215,15 @@ def test_short_search_on_synthetic_data_writes_a_spec_that_compiles(tmp_path):
     from mtl_dsl.runtime.config import load_config
     from mtl_dsl.runtime.search import search
 
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: more threads only add synchronisation
+    try:
+        _short_search(tmp_path, load_config, search)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _short_search(tmp_path, load_config, search):
     cfg = load_config(overrides={
         "tasks": "semseg,depth",
         "model": {"overrides": TINY},

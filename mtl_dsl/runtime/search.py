@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import SpecError, simple_error
+from ..errors import simple_error
 
 CANDIDATES = ("none", "global", "local", "t_label", "s_label")
 GENOTYPE_CODES = {name: code for code, name in enumerate(CANDIDATES)}  # the official file format
@@ -368,39 +368,25 @@ def search(spec: str | Path, config=None, *, output: str | Path | None = None,
 
 
 def run_search(args) -> int:
-    """``mtl-dsl search SPEC [--config run.yaml] ...`` (the argparse namespace of the command)."""
-    from ..api import parse_override
-    from ..cli import parse_input_size
-    from .config import load_config, parse_set
+    """``mtl-dsl search SPEC [--config run.yaml] ...``: the flags of ``mtl-dsl train`` (the
+    namespace ``commands`` parses); writes ``<spec name>_found.mtl`` in the current folder
+    (``args.output`` if the namespace has one)."""
+    import sys
 
-    get = lambda name, default=None: getattr(args, name, default)  # noqa: E731
-    layered: dict[str, Any] = {}
-    config_set = get("config_overrides") or get("config_set") or []
-    if config_set:
-        layered = parse_set(config_set)
-    model_section: dict[str, Any] = {}
-    overrides = [o for o in (get("overrides") or []) if "=" in o]
-    if overrides:
-        model_section["overrides"] = dict(parse_override(o) for o in overrides)
-    if get("preset"):
-        model_section["preset"] = get("preset")
-    if model_section:
-        layered.setdefault("model", {}).update(model_section)
-    if get("tasks"):
-        layered["tasks"] = get("tasks")
-    size = parse_input_size(get("input")) if isinstance(get("input"), str) else get("input")
-    if size:
-        layered.setdefault("training", {})["input_size"] = list(size)
-    if get("run_name"):
-        layered.setdefault("run", {})["name"] = get("run_name")
-    cfg = load_config(get("config"), overrides=layered or None,
-                      preset=get("config_preset") or get("run_preset"))
+    from .commands import EXIT_FAILED, build_config
+    from .train import TrainingError
+
+    cfg = build_config(args)
     try:
-        result = search(args.spec, cfg, output=get("output"), resume=bool(get("resume")),
-                        plain=bool(get("plain")), verbose=bool(get("verbose")))
-    except SpecError:
-        raise
+        result = search(args.spec, cfg, output=getattr(args, "output", None),
+                        resume=bool(getattr(args, "resume", False)),
+                        plain=bool(getattr(args, "plain", False)),
+                        verbose=bool(getattr(args, "verbose", False)))
+    except TrainingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     for c in result.choices:
         print(_format_choice(c))
-    print(f"wrote {result.found_spec}")
+    print(f"done: {result.step} steps; genotype {result.run_dir / 'atrc_genotype.json'}; "
+          f"found architecture {result.found_spec} (retrain it: mtl-dsl train {result.found_spec})")
     return 0
