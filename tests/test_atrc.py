@@ -72,9 +72,8 @@ def test_head_shapes_follow_infer_for_random_task_sets(task_names, kinds, h, w, 
             out = module(feats[t.name], feats[s.name], aux[t.name], aux[s.name])
             assert tuple(out.shape) == (2, *eval_shape(predicted, size)), kind
             contexts[s.name], context_types[s.name] = out, predicted
-        fuse_call = make_call("context_fusion",
-                              {"x": f_type, "contexts": TaskMap(items=context_types) if contexts else None},
-                              tasks, size)
+        context_map = TaskMap(items=context_types) if contexts else None
+        fuse_call = make_call("context_fusion", {"x": f_type, "contexts": context_map}, tasks, size)
         predicted = REGISTRY["context_fusion"].infer(fuse_call)
         fused = REGISTRY["context_fusion"].build(fuse_call)(feats[t.name], contexts or None)
         assert tuple(fused.shape) == (2, *eval_shape(predicted, size))

@@ -180,6 +180,9 @@ def test_found_spec_rewrites_explicit_and_default_entries(tmp_path):
     expected.update({"semseg.depth": "global", "edge.semseg": "t_label"})
     assert kinds == expected
     compile_model(found, tasks=tasks, input_size=(32, 32))
+    # by default the found spec goes beside a user's spec, so its relative imports still work
+    beside = write_found_spec(spec, choices, tasks=tasks, input_size=(32, 32))
+    assert beside == tmp_path / "mixed_found.mtl" and beside.read_text() == text
 
 
 def test_rewrite_of_a_default_row_keeps_its_other_entries():

@@ -271,6 +271,15 @@ def _remove_entry(text: str, key_start: int, end: int, before: str) -> tuple[int
     return row, end, ""
 
 
+def _default_folder(spec_path: Path) -> Path:
+    """Beside a user's spec (its relative imports keep working); the current folder for a
+    built-in one."""
+    from ..frontend.lower import builtin_spec_dirs
+
+    builtin = {d.resolve() for d in builtin_spec_dirs()}
+    return Path.cwd() if spec_path.resolve().parent in builtin else spec_path.parent
+
+
 def _table_start(text: str, name: str, before: int) -> int:
     last = None
     for m in re.finditer(rf"\btable\s+{re.escape(name)}\s*\{{", text[:before]):
@@ -313,14 +322,15 @@ def write_found_spec(spec: str | Path, choices: list[PairChoice], output: str | 
         text = rewrite_search_table(source, mine, choices, [t.name for t in ir.tasks], header)
     except ValueError as exc:
         raise simple_error(display, f"cannot write the found spec: {exc}") from None
-    target = Path(output) if output is not None else Path.cwd() / f"{path.stem}_found.mtl"
+    target = Path(output) if output is not None else _default_folder(path) / f"{path.stem}_found.mtl"
     if target.is_dir():
         target = target / f"{path.stem}_found.mtl"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(text, encoding="utf-8")
     found = load_ir(target, tasks=tasks, overrides=overrides, preset=preset,
                     input_size=input_size, model=model)
-    left = [n.name for n in found.nodes if n.block == "context_pool" and n.params.get("kind") == "search"]
+    left = [n.name for n in found.nodes
+            if n.block == "context_pool" and n.params.get("kind") == "search"]
     if left:
         raise simple_error(str(target), f"the found spec still searches {', '.join(left)}")
     return target
@@ -369,8 +379,8 @@ def search(spec: str | Path, config=None, *, output: str | Path | None = None,
 
 def run_search(args) -> int:
     """``mtl-dsl search SPEC [--config run.yaml] ...``: the flags of ``mtl-dsl train`` (the
-    namespace ``commands`` parses); writes ``<spec name>_found.mtl`` in the current folder
-    (``args.output`` if the namespace has one)."""
+    namespace ``commands`` parses); writes ``<spec name>_found.mtl`` beside the spec (built-in
+    specs: in the current folder; ``args.output`` if the namespace has one)."""
     import sys
 
     from .commands import EXIT_FAILED, build_config
