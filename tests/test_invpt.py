@@ -3,6 +3,8 @@ breakdown against the official model's, and the compiled reference spec (shapes 
 checker, deep-supervision outputs, gradients, ablations, errors) and the DeMT+InvPT hybrid."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,6 +20,7 @@ from mtl_dsl.types import AttentionMap, FeatureMap, MultiScale, TaskMap
 SMALL = {"backbone": "test_vit", "levels": [2, 4, 6], "width": 32, "pred_width": 16}
 SMALL_DIMS = [48, 24, 12]
 TEST_VIT_WIDTH = 64
+ROOT = Path(__file__).resolve().parent.parent
 TASKS = "semseg:5,depth"
 
 
@@ -313,9 +316,17 @@ def test_paper_variant_compiles():
     assert out["semseg"]["final"].shape == (1, 5, 64, 64)
 
 
-def test_odd_encoder_grid_is_a_shape_error():
+def test_odd_encoder_grid_is_a_shape_error(tmp_path):
+    # The reference spec states the sides it takes (the official code pads NYUD to 448x576) ...
     with pytest.raises(SpecError) as err:
         check_spec("invpt", tasks=TASKS, overrides=SMALL, input_size=(48, 64))
+    assert "multiples of 32" in str(err.value) and "--input 64x64" in str(err.value)
+    # ... and the decoder blocks themselves refuse an odd encoder grid.
+    spec = tmp_path / "odd.mtl"
+    spec.write_text((ROOT / "specs" / "invpt.mtl").read_text().replace(
+        "  input_multiple = 32", "  # no input_multiple"))
+    with pytest.raises(SpecError) as err:
+        check_spec(spec, tasks=TASKS, overrides=SMALL, input_size=(48, 64))
     text = str(err.value)
     assert "encoder-feature map" in text and "even grid" in text
 
