@@ -119,9 +119,9 @@ def test_nan_loss_stops_naming_task_and_step_and_keeps_last_checkpoint(tmp_path)
     cfg = _config(tmp_path, "nan", checkpoint_interval=2)
     with pytest.raises(NonFiniteLoss, match=r"loss of task 'depth' is nan at step 5"):
         run_training(NaNDepthNet, cfg, plain=True, progress=_quiet)
-    last = load_checkpoint(tmp_path / "nan" / "checkpoints" / "step_00000004")
+    last = load_checkpoint(tmp_path / "nan" / "step_00000004")
     assert all(torch.isfinite(v).all() for v in last.model_state.values() if v.is_floating_point())
-    assert not (tmp_path / "nan" / "checkpoints" / "step_00000006").exists()
+    assert not (tmp_path / "nan" / "step_00000006").exists()
     # the architecture parameter was trained by its own Adam (lr 5e-4), not by SGD
     assert "arch" in last.meta["optimizer"]
     assert last.model_state["alpha"].tolist() == pytest.approx([4 * 5e-4] * 2, rel=0.05)

@@ -275,7 +275,7 @@ class PlainSession:
         import torch
 
         self.run_dir = run_dir
-        self.checkpoint_dir = run_dir / "checkpoints"
+        self.checkpoint_dir = run_dir  # the same layout as Ray Train's: <run>/step_XXXXXXXX
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self._emit = emit
         self._resume = resume
@@ -509,7 +509,8 @@ def train_loop(job: dict, session) -> dict:
     last_metrics: dict = {}
     train_module.train()
     session.emit({"kind": "start", "step": step, "total": total_steps, "tasks": tasks,
-                  "world": world, "device": str(device), "batch": batch_size * world})
+                  "world": world, "device": str(device), "batch": batch_size * world,
+                  "threads": torch.get_num_threads()})
     while step < total_steps:
         sampler.set_epoch(epoch)
         sampler.set_start(offset)
@@ -647,6 +648,10 @@ def _silence_ray(verbose: bool) -> None:
 
 def _start_ray(cfg: RunConfig, verbose: bool, workers: int):
     _silence_ray(verbose)
+    if not verbose:
+        import warnings
+
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ray(\.|$)")
     import ray
 
     if ray.is_initialized():
@@ -657,6 +662,9 @@ def _start_ray(cfg: RunConfig, verbose: bool, workers: int):
     if cfg.run.address:
         ray.init(address=cfg.run.address, **kwargs)
     else:
+        # Ray runs workers at nice 15 for shared nodes; on a local machine that only lets Ray's
+        # own control processes preempt training.
+        os.environ.setdefault("RAY_worker_niceness", "0")
         # A laptop may have fewer cores than workers asked for: let Ray oversubscribe.
         ray.init(num_cpus=max(os.cpu_count() or 1, workers), **kwargs)
     if not verbose:
@@ -676,8 +684,9 @@ class Console:
         kind = record.get("kind")
         if kind == "start":
             start = f"from step {record['step']} " if record.get("step") else ""
+            threads = f" ({record['threads']} threads)" if record.get("device") == "cpu" else ""
             self.write(f"training {record['total']} steps {start}on {record['world']} worker(s), "
-                       f"{record['device']}, batch {record['batch']}; tasks {', '.join(record['tasks'])}")
+                       f"{record['device']}{threads}, batch {record['batch']}; tasks {', '.join(record['tasks'])}")
         elif kind == "log":
             self.write(format_log_line(record, self.bar_width))
         elif kind == "eval":
@@ -747,18 +756,19 @@ def run_training(spec: Any, config: RunConfig | None = None, *, resume: bool = F
     cfg = config if config is not None else load_config()
     spec_name, source = spec_source(spec)
     if isinstance(spec, (str, Path)):
-        try:  # compile once here: a spec error must show before any worker starts
-            build_model(spec, cfg)
-        except SpecError:
-            raise
+        from ..api import check_spec
+
+        # Shape-check (no weights) here: a spec error must show before any worker starts.
+        check_spec(str(spec), cfg.tasks_text(), dict(cfg.model.overrides) or None, cfg.model.preset,
+                   cfg.input_size())
     if check_data:
         _check_dataset(cfg, "<config>")
     storage = Path(cfg.run.storage).expanduser().resolve()
     run_name = default_run_name(spec, cfg)
     run_dir = storage / run_name
-    from .checkpoints import list_checkpoints
+    from .checkpoints import latest_checkpoint, list_checkpoints
 
-    existing = list_checkpoints(run_dir / "checkpoints" if plain else run_dir)
+    existing = list_checkpoints(run_dir)
     if existing and not resume:
         raise simple_error(str(run_dir), f"run folder {run_dir} already has checkpoints; pass --resume "
                            f"to continue it or choose another --run-name")
@@ -790,10 +800,12 @@ def run_training(spec: Any, config: RunConfig | None = None, *, resume: bool = F
                            checkpoint=session.last_checkpoint,
                            history=[r for r in records if r.get("kind") == "log"],
                            evaluations=[r for r in records if r.get("kind") == "eval"])
-    return _run_with_ray(job, cfg, run_dir, run_name, storage, verbose, collect, records)
+    latest = latest_checkpoint(run_dir) if resume else None
+    return _run_with_ray(job, cfg, run_dir, run_name, storage, verbose, collect, records, latest)
 
 
-def _run_with_ray(job, cfg, run_dir, run_name, storage, verbose, collect, records) -> TrainResult:
+def _run_with_ray(job, cfg, run_dir, run_name, storage, verbose, collect, records,
+                  latest: Optional[Path]) -> TrainResult:
     started_here = _start_ray(cfg, verbose, cfg.run.workers)
     import ray
     import ray.train
@@ -824,16 +836,25 @@ def _run_with_ray(job, cfg, run_dir, run_name, storage, verbose, collect, record
                 name=run_name, storage_path=str(storage),
                 failure_config=FailureConfig(max_failures=cfg.run.max_failures),
                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints)),
+            # Ray Train restores a run of the same name and storage by itself; this covers a run
+            # folder whose Ray state is gone (e.g. written by --plain) but whose checkpoints remain.
+            resume_from_checkpoint=(ray.train.Checkpoint.from_directory(str(latest))
+                                    if latest is not None else None),
         )
         stop = threading.Event()
 
         def drain():
-            while not stop.is_set() or not queue.empty():
+            # Poll twice a second: on a small machine, a blocking get per record keeps the queue
+            # actor and this process busy enough to slow the training worker measurably.
+            while True:
+                finished = stop.wait(0.5)
                 try:
-                    collect(queue.get(timeout=0.2))
-                except Exception:
-                    if stop.is_set():
-                        break
+                    while not queue.empty():
+                        collect(queue.get_nowait())
+                except Exception:  # the queue actor is gone (Ray shut down)
+                    return
+                if finished:
+                    return
 
         thread = threading.Thread(target=drain, name="mtl-dsl-console", daemon=True)
         thread.start()
