@@ -313,9 +313,11 @@ class PlainSession:
 
 
 class RaySession:
-    def __init__(self, run_dir: Path, queue, resume: bool):
+    def __init__(self, run_dir: Path, queue, resume_path: Optional[str]):
         import ray.train
         import ray.train.torch
+
+        self._resume_path = resume_path
 
         context = ray.train.get_context()
         self.rank = context.get_world_rank()
@@ -340,7 +342,7 @@ class RaySession:
 
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
-            return None
+            return load_checkpoint(self._resume_path) if self._resume_path else None
         with checkpoint.as_directory() as folder:
             return load_checkpoint(folder)
 
@@ -621,7 +623,7 @@ def ray_worker_entry(job: dict) -> None:
     cpus = job.get("cpus_per_worker")
     if cpus:
         torch.set_num_threads(int(cpus))
-    session = RaySession(Path(job["run_dir"]), job.get("queue"), job.get("resume", False))
+    session = RaySession(Path(job["run_dir"]), job.get("queue"), job.get("resume_path"))
     try:
         train_loop(job, session)
     except NonFiniteLoss as exc:
@@ -825,7 +827,10 @@ def _run_with_ray(job, cfg, run_dir, run_name, storage, verbose, collect, record
         if use_gpu:
             resources["GPU"] = gpus
         queue = Queue(maxsize=10_000)
-        job = dict(job, queue=queue, cpus_per_worker=cpus_per_worker)
+        # Ray Train restores a run of the same name and storage by itself; resume_path covers a
+        # run folder without Ray's state (e.g. written by --plain) whose checkpoints remain.
+        job = dict(job, queue=queue, cpus_per_worker=cpus_per_worker,
+                   resume_path=str(latest) if latest is not None else None)
         trainer = TorchTrainer(
             ray_worker_entry,
             train_loop_config=job,
@@ -836,10 +841,6 @@ def _run_with_ray(job, cfg, run_dir, run_name, storage, verbose, collect, record
                 name=run_name, storage_path=str(storage),
                 failure_config=FailureConfig(max_failures=cfg.run.max_failures),
                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints)),
-            # Ray Train restores a run of the same name and storage by itself; this covers a run
-            # folder whose Ray state is gone (e.g. written by --plain) but whose checkpoints remain.
-            resume_from_checkpoint=(ray.train.Checkpoint.from_directory(str(latest))
-                                    if latest is not None else None),
         )
         stop = threading.Event()
 
