@@ -138,9 +138,24 @@ def test_ray_two_workers_recover_from_a_worker_crash_and_eval_loads_the_checkpoi
         "training": {"iterations": 8, "batch_size": 2, "input_size": [32, 32], "augment": False,
                      "log_interval": 2, "eval_interval": 4, "checkpoint_interval": 2, "eval_batches": 1},
         "run": {"storage": str(tmp_path), "name": "ray", "workers": 2, "max_failures": 1}})
-    records = []
-    result = run_training("baseline_mt", cfg, progress=records.append,
-                          fault={"step": 5, "rank": 1, "marker": str(tmp_path / "crash.marker"), "hard": True})
+    import ray
+
+    from mtl_dsl.runtime.train import _start_ray
+
+    _start_ray(cfg, verbose=False, workers=2)  # one Ray instance for both runs below
+    try:
+        records = []
+        result = run_training("baseline_mt", cfg, progress=records.append,
+                              fault={"step": 5, "rank": 1, "marker": str(tmp_path / "crash.marker"), "hard": True})
+        # A NaN seen by rank 0 only reaches rank 1 through the all-reduced losses: both stop at
+        # the same step, and Ray's failure handling does not retry the run.
+        nan_cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"name": "nan", "max_failures": 2})})
+        with pytest.raises(TrainingError, match=r"^loss of task 'depth' is nan at step 3; training stopped"):
+            run_training("baseline_mt", nan_cfg, progress=_quiet,
+                         fault={"nan_task": "depth", "nan_step": 3, "rank": 0})
+        assert read_meta(tmp_path / "nan" / "step_00000002")["step"] == 2  # the last good one
+    finally:
+        ray.shutdown()
     assert (tmp_path / "crash.marker").exists()
     # Ray Train registers a checkpoint when its controller has processed the report, which may lag
     # the crash by a poll interval: the restart continues from step 4 or from step 2.

@@ -529,6 +529,8 @@ def train_loop(job: dict, session) -> dict:
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 total, losses = train_module(images, targets)
             values = torch.stack([losses[t].detach().float() for t in tasks] + [total.detach().float()])
+            if fault.get("nan_task") and step + 1 >= fault.get("nan_step", 1) and rank == fault.get("rank", 0):
+                values[tasks.index(fault["nan_task"])] = float("nan")  # test hook: one rank only
             if world > 1:
                 dist.all_reduce(values)
                 values /= world
@@ -628,8 +630,8 @@ def ray_worker_entry(job: dict) -> None:
         train_loop(job, session)
     except NonFiniteLoss as exc:
         # Every rank sees the same all-reduced losses, so all of them stop here together; return
-        # normally with the error in the metrics so Ray does not retry a deterministic failure.
-        ray.train.report({"error": str(exc), "step": exc.step})
+        # normally (Ray must not retry a deterministic failure) and tell the driver.
+        session.emit({"kind": "error", "text": str(exc), "step": exc.step})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -753,7 +755,8 @@ def run_training(spec: Any, config: RunConfig | None = None, *, resume: bool = F
 
     ``progress`` receives every record of the loop (log lines, evaluations, checkpoints); the
     default prints them with ``Console``. ``fault`` is a test hook: ``{"step": N, "rank": R,
-    "marker": path, "hard": bool}`` crashes rank R once after step N.
+    "marker": path, "hard": bool}`` crashes rank R once after step N; ``{"nan_task": T,
+    "nan_step": N, "rank": R}`` makes rank R see a NaN loss for task T from step N on.
     """
     cfg = config if config is not None else load_config()
     spec_name, source = spec_source(spec)
@@ -868,9 +871,10 @@ def _run_with_ray(job, cfg, run_dir, run_name, storage, verbose, collect, record
             thread.join(timeout=10)
         if result.error is not None:
             raise TrainingError(f"training failed: {_root_cause(result.error)}")
+        errors = [r for r in records if r.get("kind") == "error"]
+        if errors:
+            raise TrainingError(errors[-1]["text"])
         metrics = dict(result.metrics or {})
-        if "error" in metrics:
-            raise TrainingError(metrics["error"])
         checkpoint = Path(result.checkpoint.path) if result.checkpoint is not None else None
         step = int(metrics.get("step", 0))
         return TrainResult(run_dir=run_dir, step=step,
