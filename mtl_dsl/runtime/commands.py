@@ -19,13 +19,15 @@ EXIT_USAGE = 2
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="a .mtl file or the name of a built-in spec (e.g. baseline_mt)")
     p.add_argument("--config", default=None, metavar="RUN.yaml", help="run config (YAML)")
-    p.add_argument("--preset", default=None, metavar="NAME",
+    p.add_argument("--recipe", default=None, metavar="NAME",
                    help="training recipe from configs/ (baseline, atrc, atrc_search, demt, tpanet, invpt)")
     p.add_argument("--tasks", default=None, help="task profile (nyud, pascal, synthetic) or list (semseg:7,depth)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V",
                    help="override a run-config key (dotted, e.g. optimizer.lr=0.01) or a model "
                         "parameter (a plain name, e.g. backbone=resnet18); repeatable")
-    p.add_argument("--model-preset", default=None, metavar="NAME", help="a named preset of the spec's model")
+    p.add_argument("--preset", default=None, metavar="NAME",
+                   help="a named preset of the spec's model (a row of the papers' tables), as "
+                        "for compile")
     p.add_argument("--input", default=None, metavar="HxW", help="input size (default: the dataset's)")
     p.add_argument("--workers", type=int, default=None, help="Ray Train workers (default 1)")
     p.add_argument("--gpus-per-worker", type=float, default=None, metavar="G",
@@ -101,7 +103,7 @@ def _flag_overrides(args: argparse.Namespace) -> tuple[dict, dict]:
     put("run.name", getattr(args, "run_name", None))
     put("run.storage", getattr(args, "storage", None))
     put("training.iterations", getattr(args, "iterations", None))
-    put("model.preset", getattr(args, "model_preset", None))
+    put("model.preset", getattr(args, "preset", None))
     text = getattr(args, "input", None)
     if text is not None:
         try:
@@ -118,7 +120,7 @@ def build_config(args: argparse.Namespace):
     from .config import load_config
 
     run, _ = _flag_overrides(args)
-    return load_config(args.config, overrides=run or None, preset=getattr(args, "preset", None))
+    return load_config(args.config, overrides=run or None, preset=getattr(args, "recipe", None))
 
 
 # --- handlers ------------------------------------------------------------------------------------------

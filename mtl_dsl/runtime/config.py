@@ -347,7 +347,7 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None,
             chosen = data["preset"] if preset is None else preset
     if chosen is not None:
         if not isinstance(chosen, str):
-            raise simple_error(user[0][1].file if user else "--preset", "key 'preset': expected a preset name")
+            raise simple_error(user[0][1].file if user else "--recipe", "key 'preset': expected a recipe name")
         data, source = _read_yaml(preset_path(chosen))
         data.pop("preset", None)
         layers.append((data, source))
