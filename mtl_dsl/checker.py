@@ -11,11 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .blocks import REGISTRY
-from .blocks.registry import Call, Input, ShapeError
+from .blocks.registry import Call, ShapeError
 from .errors import Diagnostic, SpecError
-from .frontend.parser import _lines  # noqa: F401  (shared line splitting)
 from .ir import IMAGES, CollectionRef, ModelIR, Node, Ref, SourceLoc
-from .types import Dim, FeatureMap, H, MultiScale, TaskMap, Tokens, W, describe, kind_name
+from .types import Dim, FeatureMap, H, TaskMap, Tokens, W, describe, kind_name
 
 
 @dataclass
@@ -222,10 +221,3 @@ def _parse_dim(text: Any) -> Dim | None:
 
 def check_ir(ir: ModelIR, sources: dict[str, list[str]] | None = None) -> CheckedGraph:
     return _Checker(ir, sources or {}).check()
-
-
-def load_sources(ir: ModelIR) -> dict[str, list[str]]:
-    return {}
-
-
-__all__ = ["CheckedGraph", "check_ir", "image_type", "Input", "MultiScale"]

@@ -3,7 +3,7 @@ tokens, resizing, adding and concatenating, attention and MLP, and the collectio
 turn per-task values into one value (``tokens``, ``concat``, ``stack``) and back (``split``)."""
 from __future__ import annotations
 
-from ..types import FeatureMap, MultiScale, TaskMap, Tokens
+from ..types import FeatureMap, TaskMap, Tokens
 from .registry import Block, Call, Input, Param, register
 
 ACTIVATIONS = ("relu", "gelu", "none")

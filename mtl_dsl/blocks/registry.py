@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 from ..tasks import TaskSpec
-from ..types import AttentionMap, FeatureMap, MultiScale, TaskMap, Tokens, kind_name
+from ..types import AttentionMap, FeatureMap, MultiScale, TaskMap, Tokens
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..blocks import REGISTRY
-from ..blocks.registry import REQUIRED, Block, Input, Param
+from ..blocks.registry import Block, Input, Param, _short
 from ..errors import Diagnostic, SpecError, did_you_mean
 from ..ir import (IMAGES, CollectionRef, ModelIR, Node, Output, ParamValue, Ref, ShapeAssertion,
                   SourceLoc, TableEntryIR)
@@ -1243,11 +1243,6 @@ def _type_name(v: Any) -> str:
         return "table row"
     return {int: "int", float: "float", str: "str", list: "list", dict: "dict"}.get(type(v),
                                                                                type(v).__name__)
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return f"({text[:40]}...)" if len(text) > 43 else f"({text})"
 
 
 def _jsonable(value: Any) -> Any:

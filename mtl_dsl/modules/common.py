@@ -5,10 +5,6 @@ import torch
 from torch import nn
 
 
-def activation(name: str) -> nn.Module:
-    return {"relu": nn.ReLU, "gelu": nn.GELU, "none": nn.Identity}[name]()
-
-
 def init_weight(conv: nn.Module, how: str) -> None:
     """"logits": N(0, 0.01) weights and zero bias, as the official heads initialise predictions."""
     if how == "logits":
@@ -50,7 +46,7 @@ class LayerNorm2d(nn.LayerNorm):
         return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
-def activation(name: str) -> nn.Module:  # noqa: F811 - the full set
+def activation(name: str) -> nn.Module:
     return {"relu": nn.ReLU, "gelu": nn.GELU, "none": nn.Identity, "sigmoid": nn.Sigmoid,
             "tanh": nn.Tanh, "softplus": nn.Softplus}[name]()
 
