@@ -178,3 +178,20 @@ def test_build_errors_are_spec_errors(tmp_path):
     with pytest.raises(SpecError) as e:
         compile_model(spec, tasks="depth", input_size=(32, 32))
     assert "missing.safetensors" in str(e.value)
+
+
+@pytest.mark.parametrize("backbone,levels,params", [
+    ("resnet50", [1, 2, 3, 4], 23_508_032),
+    ("vit_base_patch16_384", [3, 6, 9, 12], None),
+    ("swin_small_patch4_window7_224", [1, 2, 3, 4], 48_838_602),
+    ("swin_base_patch4_window7_224", [1, 2, 3, 4], 86_745_016),
+])
+def test_the_papers_backbones_compile_and_run(backbone, levels, params):
+    model = compile_model("baseline_mt", tasks="depth", input_size=(64, 64),
+                          overrides={"backbone": backbone, "levels": levels, "dim": 8}).eval()
+    feats = model.get_submodule("x.feats")
+    if params is not None:
+        assert sum(p.numel() for p in feats.parameters()) == params
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 64, 64))
+    assert out["depth"]["final"].shape == (1, 1, 64, 64)
