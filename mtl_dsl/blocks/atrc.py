@@ -133,23 +133,6 @@ class ContextFusion(Block):
 
 
 @register
-class Detach(Block):
-    name = "detach"
-    family = "atrc"
-    doc = ("The input with its gradient stopped (ATRC's auxiliary heads read the backbone features "
-           "without training the backbone).")
-    args = {"x": Input((FeatureMap,), "input map")}
-
-    def infer(self, call: Call) -> FeatureMap:
-        return call.inputs["x"]
-
-    def build(self, call: Call):
-        from ..modules.atrc import Detach as Module
-
-        return Module()
-
-
-@register
 class LabelHead(Block):
     name = "label_head"
     family = "atrc"

@@ -378,18 +378,19 @@ class Dropout(Block):
 
 
 @register
-class StopGradient(Block):
-    name = "stop_gradient"
-    doc = "The value with its gradient cut (ATRC's auxiliary heads read detached features)."
+class Detach(Block):
+    name = "detach"
+    doc = ("The value with its gradient stopped (ATRC's auxiliary heads read the backbone features "
+           "without training the backbone).")
     args = {"x": Input((FeatureMap, Tokens), "input")}
 
     def infer(self, call: Call):
         return call.inputs["x"]
 
     def build(self, call: Call):
-        from ..modules.common import Detach
+        from ..modules.common import Detach as Module
 
-        return Detach()
+        return Module()
 
 
 @register

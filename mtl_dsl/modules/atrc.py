@@ -343,11 +343,6 @@ class ContextFusion(nn.Module):
         return self.dropout(self.bottleneck(features))
 
 
-class Detach(nn.Module):
-    def forward(self, x):
-        return x.detach()
-
-
 class LabelHead(nn.Sequential):
     """ATRC's auxiliary head: 1x1 Conv-BN-ReLU -> 1x1 Conv (bias) to the label regions."""
 
