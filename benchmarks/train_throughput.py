@@ -12,11 +12,19 @@ discarded. Then one spec (``--ratio-spec``) is trained once more through
 Ray Train (``TorchTrainer``, 1 worker, same device, same threads) and the steady-state images/s of
 the two runs are compared: ratio = plain / Ray (target <= 1.05). Specs whose task set is fixed by
 their dataset (``*_nyud_*``, ``*_pascal_*``) run with that dataset's tasks on synthetic images.
+
+The ratio is measured at each of ``--ratio-threads`` torch threads (default: every core, then one
+core fewer). Ray keeps a dozen processes of its own (GCS, raylet, the Train controller and its
+helper actors), each waking about 100 times a second; when torch's threads fill every core of a
+small machine those wake-ups stall its lock-step OpenMP teams, and the ratio measures that CPU
+contention more than Ray Train's own work per step. With one core left to Ray's processes the
+ratio is Ray Train's own overhead. Both are printed.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -49,7 +57,7 @@ def config_for(spec: str, args, storage: str, name: str, overrides: dict):
         "training": {"iterations": args.steps, "batch_size": args.batch, "input_size": list(args.input),
                      "augment": False, "log_interval": args.interval, "eval_interval": 0,
                      "checkpoint_interval": args.steps + 1, "eval_batches": 1},
-        "run": {"storage": storage, "name": name, "workers": 1}})
+        "run": {"storage": storage, "name": name, "workers": 1, "threads_per_worker": args.threads}})
 
 
 def steady_images_per_s(history: list[dict], warmup: int, interval: int) -> float:
@@ -90,6 +98,9 @@ def main(argv=None) -> int:
     p.add_argument("--ratio-spec", default="baseline_mt")
     p.add_argument("--ratio-steps", type=int, default=None, help="steps of the two ratio runs (default --steps)")
     p.add_argument("--ratio-only", action="store_true")
+    p.add_argument("--ratio-threads", type=int, nargs="*", default=None,
+                   help="torch threads of the ratio runs (default: all cores, then one fewer)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads of the per-spec runs")
     p.add_argument("--no-ratio", action="store_true")
     p.add_argument("--json", default=None, help="also write the figures to this file")
     args = p.parse_args(argv)
@@ -117,14 +128,20 @@ def main(argv=None) -> int:
     if not args.no_ratio:
         if args.ratio_steps:
             args.steps = args.ratio_steps
-        # Ray first: the plain loop afterwards runs in this (by then idle) driver process.
-        ray = measure(args.ratio_spec, args, storage, False, overrides)
-        plain = measure(args.ratio_spec, args, storage, True, overrides)
-        ratio = plain["images_per_s"] / ray["images_per_s"]
-        figures["ratio"] = {"spec": args.ratio_spec, "plain": plain, "ray": ray, "plain_over_ray": ratio}
-        print(f"ratio on {args.ratio_spec}: plain {plain['images_per_s']:.2f} img/s, Ray Train "
-              f"{ray['images_per_s']:.2f} img/s -> plain/Ray = {ratio:.3f} (target <= 1.05); "
-              f"intervals plain {plain['intervals']} ray {ray['intervals']}")
+        cores = os.cpu_count() or 1
+        counts = args.ratio_threads or ([cores, cores - 1] if cores > 1 else [1])
+        figures["ratio"] = []
+        for threads in counts:
+            args.threads = threads
+            # Ray first: the plain loop afterwards runs in this (by then idle) driver process.
+            ray = measure(args.ratio_spec, args, storage, False, overrides)
+            plain = measure(args.ratio_spec, args, storage, True, overrides)
+            ratio = plain["images_per_s"] / ray["images_per_s"]
+            figures["ratio"].append({"spec": args.ratio_spec, "threads": threads, "cores": cores,
+                                     "plain": plain, "ray": ray, "plain_over_ray": ratio})
+            print(f"ratio on {args.ratio_spec}, {threads} of {cores} cores: plain {plain['images_per_s']:.2f} "
+                  f"img/s, Ray Train {ray['images_per_s']:.2f} img/s -> plain/Ray = {ratio:.3f} "
+                  f"(target <= 1.05); intervals plain {plain['intervals']} ray {ray['intervals']}")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1))
     return 0

@@ -66,6 +66,9 @@ def test_set_overrides_dotted_keys_and_report_bad_ones():
         load_config(overrides=parse_set(["training.foo=1"]))
     with pytest.raises(SpecError, match="expected KEY=VALUE"):
         parse_set(["lr"])
+    assert load_config(overrides=parse_set(["run.threads_per_worker=3"])).run.threads_per_worker == 3
+    with pytest.raises(SpecError, match="run.threads_per_worker"):
+        load_config(overrides=parse_set(["run.threads_per_worker=0"]))
 
 
 def test_default_config_is_a_quick_synthetic_run():

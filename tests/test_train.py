@@ -1,6 +1,7 @@
 """Training end to end: learning, exact resume, hooks, NaN stop, and a 2-worker Ray Train run."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -57,8 +58,12 @@ def test_plain_training_lowers_every_task_loss(tmp_path):
         "optimizer": {"lr": 2e-3}, "schedule": {"warmup_iters": 0},
         "training": {"iterations": 16, "batch_size": 4, "input_size": [32, 32], "augment": False,
                      "log_interval": 4, "eval_interval": 0, "checkpoint_interval": 0, "eval_batches": 1},
-        "run": {"storage": str(tmp_path), "name": "learn"}})
-    result = run_training("baseline_mt", cfg, plain=True, progress=_quiet)
+        "run": {"storage": str(tmp_path), "name": "learn", "threads_per_worker": 1}})
+    threads_before = torch.get_num_threads()
+    records = []
+    result = run_training("baseline_mt", cfg, plain=True, progress=records.append)
+    start = next(r for r in records if r.get("kind") == "start")
+    assert start["threads"] == 1 and torch.get_num_threads() == threads_before
     first, last = result.history[0]["losses"], result.history[-1]["losses"]
     assert set(first) == {"semseg", "human_parts", "sal", "normals", "depth", "edge"}
     for task in first:
@@ -161,6 +166,8 @@ def test_ray_two_workers_recover_from_a_worker_crash_and_eval_loads_the_checkpoi
     # the crash by a poll interval: the restart continues from step 4 or from step 2.
     notes = [r["text"] for r in records if r.get("kind") == "note"]
     assert notes in (["resumed from step 4"], ["resumed from step 2"]), notes
+    cores = os.cpu_count() or 1
+    assert {r["threads"] for r in records if r.get("kind") == "start"} == {max(1, cores // 2)}
     assert result.step == 8 and result.checkpoint is not None
     assert result.checkpoint.parent == tmp_path / "ray"
     meta = read_meta(result.checkpoint)

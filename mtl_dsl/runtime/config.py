@@ -100,6 +100,9 @@ class RunSection(_Section):
     storage: str = "runs"
     workers: int = Field(1, ge=1, le=4096)
     gpus_per_worker: Optional[float] = Field(None, ge=0.0)  # None: 1 if a GPU is visible, else 0
+    # torch CPU threads per worker; None = the CPUs Ray reserves for it (locally: cores / workers).
+    # On a small machine, one core fewer leaves room for Ray's own processes.
+    threads_per_worker: Optional[int] = Field(None, ge=1, le=1024)
     address: Optional[str] = None  # an existing Ray cluster; None = local Ray in this process
     keep_checkpoints: int = Field(2, ge=1)
     max_failures: int = Field(2, ge=0)  # worker-group restarts Ray Train attempts

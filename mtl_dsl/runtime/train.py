@@ -622,9 +622,9 @@ def ray_worker_entry(job: dict) -> None:
     import ray.train
     import torch
 
-    cpus = job.get("cpus_per_worker")
-    if cpus:
-        torch.set_num_threads(int(cpus))
+    threads = job.get("threads_per_worker") or job.get("cpus_per_worker")
+    if threads:
+        torch.set_num_threads(int(threads))
     session = RaySession(Path(job["run_dir"]), job.get("queue"), job.get("resume_path"))
     try:
         train_loop(job, session)
@@ -669,6 +669,12 @@ def _start_ray(cfg: RunConfig, verbose: bool, workers: int):
         # Ray runs workers at nice 15 for shared nodes; on a local machine that only lets Ray's
         # own control processes preempt training.
         os.environ.setdefault("RAY_worker_niceness", "0")
+        # Every Ray process wakes ~100 times a second, and on a small machine each one costs the
+        # training worker throughput: a local run does without the processes it has no use for
+        # (the spot-preemption watcher; metrics exporters, with no dashboard to read them).
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+        os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
+        os.environ.setdefault("RAY_enable_metrics_collection", "0")
         # A laptop may have fewer cores than workers asked for: let Ray oversubscribe.
         ray.init(num_cpus=max(os.cpu_count() or 1, workers), **kwargs)
     if not verbose:
@@ -799,8 +805,16 @@ def run_training(spec: Any, config: RunConfig | None = None, *, resume: bool = F
     job = {"spec": spec, "spec_name": spec_name, "spec_source": source, "config": cfg.dump(),
            "run_dir": str(run_dir), "resume": resume, "fault": fault}
     if plain:
+        import torch
+
         session = PlainSession(run_dir, collect, resume, cfg.run.keep_checkpoints)
-        out = train_loop(job, session)
+        threads_before = torch.get_num_threads()
+        if cfg.run.threads_per_worker:
+            torch.set_num_threads(cfg.run.threads_per_worker)
+        try:
+            out = train_loop(job, session)
+        finally:
+            torch.set_num_threads(threads_before)
         return TrainResult(run_dir=run_dir, step=out["step"], metrics=out["metrics"],
                            checkpoint=session.last_checkpoint,
                            history=[r for r in records if r.get("kind") == "log"],
@@ -833,6 +847,7 @@ def _run_with_ray(job, cfg, run_dir, run_name, storage, verbose, collect, record
         # Ray Train restores a run of the same name and storage by itself; resume_path covers a
         # run folder without Ray's state (e.g. written by --plain) whose checkpoints remain.
         job = dict(job, queue=queue, cpus_per_worker=cpus_per_worker,
+                   threads_per_worker=cfg.run.threads_per_worker,
                    resume_path=str(latest) if latest is not None else None)
         trainer = TorchTrainer(
             ray_worker_entry,
