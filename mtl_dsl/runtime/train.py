@@ -694,7 +694,8 @@ class Console:
         kind = record.get("kind")
         if kind == "start":
             start = f"from step {record['step']} " if record.get("step") else ""
-            threads = f" ({record['threads']} threads)" if record.get("device") == "cpu" else ""
+            n = record.get("threads")
+            threads = f" ({n} thread{'s' if n != 1 else ''})" if record.get("device") == "cpu" else ""
             self.write(f"training {record['total']} steps {start}on {record['world']} worker(s), "
                        f"{record['device']}{threads}, batch {record['batch']}; tasks {', '.join(record['tasks'])}")
         elif kind == "log":
