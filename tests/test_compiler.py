@@ -2,7 +2,6 @@
 should, idle parameters are exactly those that get none, and torch.compile runs the model."""
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import pytest

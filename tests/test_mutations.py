@@ -1,7 +1,6 @@
 """Random mutations of valid specs give a SpecError (or a valid graph), never anything else."""
 from __future__ import annotations
 
-from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

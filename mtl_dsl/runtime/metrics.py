@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn.functional as F

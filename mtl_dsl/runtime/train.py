@@ -30,7 +30,6 @@ import os
 import random
 import re
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -150,7 +149,6 @@ def arch_parameters(model) -> list:
 
 
 def make_train_step(model, criterion, weighting):
-    import torch
     import torch.nn as nn
 
     class TrainStep(nn.Module):
@@ -507,7 +505,6 @@ def train_loop(job: dict, session) -> dict:
     log_steps, log_images = 0, 0
     log_started = time.perf_counter()
     run_started = time.perf_counter()
-    steps_timed, time_training = 0, 0.0
     last_metrics: dict = {}
     train_module.train()
     session.emit({"kind": "start", "step": step, "total": total_steps, "tasks": tasks,
@@ -619,7 +616,6 @@ def train_loop(job: dict, session) -> dict:
 
 def ray_worker_entry(job: dict) -> None:
     """What every Ray Train worker runs."""
-    import ray.train
     import torch
 
     threads = job.get("threads_per_worker") or job.get("cpus_per_worker")
