@@ -14,6 +14,8 @@ Conventions for a block's module ``forward``:
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
@@ -175,7 +177,7 @@ class Call:
         return ShapeError(message, args, hint)
 
 
-class Block:
+class Block(ABC):
     """Base class of every registered block. Subclasses set the class attributes below."""
 
     name: ClassVar[str]
@@ -184,12 +186,13 @@ class Block:
     args: ClassVar[dict[str, Input | Param]] = {}
     outputs: ClassVar[tuple[str, ...]] = ("out",)
 
+    @abstractmethod
     def infer(self, call: Call) -> Any:
         """The output type (a tuple of types when the block has several outputs)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def build(self, call: Call) -> "nn.Module":
-        raise NotImplementedError
+        """The block's module for this call (torch is imported here, never at module level)."""
 
     def idle(self, call: Call) -> dict[str, str]:
         """Parameters (names relative to the module, prefix match) that can never receive a

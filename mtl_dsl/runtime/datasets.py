@@ -39,6 +39,8 @@ naming it; nothing is skipped.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import json
 from pathlib import Path
 from typing import Callable
@@ -209,7 +211,7 @@ def _read_split(path: Path) -> list[str]:
     return names
 
 
-class FolderDataset(Dataset):
+class FolderDataset(Dataset, ABC):
     """A real dataset on disk: per-image file lists, loaders per task, the official pipelines."""
 
     title = ""
@@ -245,11 +247,13 @@ class FolderDataset(Dataset):
                 raise DatasetError(f"{self.title} {task.name} has {need} classes, the task profile "
                                    f"asks for {task.channels}")
 
+    @abstractmethod
     def _files(self, name: str) -> dict[str, Path]:
-        raise NotImplementedError
+        """The files of sample ``name``, by kind."""
 
+    @abstractmethod
     def load_raw(self, index: int) -> dict:
-        raise NotImplementedError
+        """Sample ``index`` as decoded arrays, before any transform."""
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)

@@ -19,6 +19,8 @@ against an explicit single-task baseline file (:func:`load_baseline`); there is 
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import math
 from pathlib import Path
 
@@ -59,7 +61,7 @@ def higher_is_better(key: str) -> bool:
     return METRIC_DIRECTIONS[key] == HIGHER
 
 
-class TaskMetric:
+class TaskMetric(ABC):
     """Sums over a split for one task; ``state`` tensors are float64 on the CPU."""
 
     task = ""
@@ -74,11 +76,13 @@ class TaskMetric:
         for value in self.state.values():
             value.zero_()
 
+    @abstractmethod
     def update(self, pred: torch.Tensor, target: torch.Tensor, meta: list[dict] | None = None) -> None:
-        raise NotImplementedError
+        """Add one batch to the pooled state."""
 
+    @abstractmethod
     def compute(self) -> dict[str, float]:
-        raise NotImplementedError
+        """The metric values from the pooled state."""
 
 
 class MeanIoU(TaskMetric):

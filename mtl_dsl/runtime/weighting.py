@@ -16,13 +16,15 @@ All state lives in parameters/buffers so ``state_dict`` checkpoints it.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 import torch.nn as nn
 
 REGRESSION_TASKS = ("depth", "normals")
 
 
-class LossWeighting(nn.Module):
+class LossWeighting(nn.Module, ABC):
     def __init__(self, task_names: list[str], weights: dict[str, float]):
         super().__init__()
         self.task_names = list(task_names)
@@ -35,8 +37,9 @@ class LossWeighting(nn.Module):
     def observe(self, step: int, losses: torch.Tensor) -> None:
         """Called once per iteration with the (all-worker) mean loss per task, detached."""
 
+    @abstractmethod
     def forward(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
-        raise NotImplementedError
+        """The weighted total of the per-task losses."""
 
 
 class FixedWeighting(LossWeighting):
