@@ -18,8 +18,6 @@ class DenseHead(Block):
         "reduction": Param(int, 4, "bottleneck width = input channels // reduction when width=0",
                            min=1),
         "kernel": Param(int, 3, "bottleneck kernel size", min=1, max=7),
-        "kind": Param(str, "final", "which prediction: the task's final channels or its "
-                                    "auxiliary label channels", choices=("final", "aux")),
         "bottleneck": Param(bool, True, "false: the head is the 1x1 logits conv only"),
     }
 
@@ -31,9 +29,7 @@ class DenseHead(Block):
         x: FeatureMap = call.inputs["x"]
         if call["bottleneck"] and self._width(call) < 1:
             raise call.fail(f"bottleneck width {x.channels} // {call['reduction']} is 0", "x")
-        t = call.task(call["task"])
-        channels = t.aux_channels if call["kind"] == "aux" else t.channels
-        return FeatureMap(channels=channels, h=x.h, w=x.w)
+        return FeatureMap(channels=call.task(call["task"]).channels, h=x.h, w=x.w)
 
     def build(self, call: Call):
         from ..modules.heads import DenseHead as Module
