@@ -12,6 +12,7 @@ from mtl_dsl.api import compile_model
 from mtl_dsl.modules.tpanet import AdaptiveTaskMixing, CrossAttention, SharedMlp
 from mtl_dsl.tasks import KNOWN_TASKS, PROFILES
 from mtl_dsl.types import TaskMap
+from model_checks import assert_batch_independent
 from test_demt import (TINY, attention_params, build, count, head_params, n_params,
                        params_without_gradient, randomise_norms, run_and_check_shapes, stride4,
                        summed_loss, task_string)
@@ -140,11 +141,7 @@ def test_compiled_model_is_batch_independent():
     for over in ("self", "all"):
         model = compile_model("tpanet", tasks="semseg:3,depth", input_size=(32, 40),
                               overrides={"backbone": TINY, "dim": 8, "over": over}).eval()
-        images = torch.randn(3, 3, 32, 40)
-        with torch.no_grad():
-            full, alone = model(images), model(images[1:2])
-        for task in full:
-            assert torch.allclose(full[task]["final"][1:2], alone[task]["final"], atol=1e-4)
+        assert_batch_independent(model, torch.randn(3, 3, 32, 40), 1, 2)
 
 
 def tpe_params(cin: int, d: int, tasks: int, groups: int = 2, bn: bool = False) -> int:
