@@ -193,7 +193,7 @@ class _Checker:
 
 
 class _Skip(Exception):
-    pass
+    """A node whose inputs already failed: it is not checked again (one error per mistake)."""
 
 
 def _parse_dim(text: Any) -> Dim | None:

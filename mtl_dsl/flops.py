@@ -73,13 +73,10 @@ def extra_formulas() -> dict[Any, Any]:
         aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flop,
         aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward_flop,
     }
-    try:
-        import torchvision.ops  # noqa: F401  (registers torch.ops.torchvision)
+    import torchvision.ops  # noqa: F401  (registers torch.ops.torchvision)
 
-        formulas[torch.ops.torchvision.deform_conv2d] = _deform_conv2d_flop
-        formulas[torch.ops.torchvision._deform_conv2d_backward] = _deform_conv2d_backward_flop
-    except (ImportError, AttributeError):  # pragma: no cover - torchvision is a dependency
-        pass
+    formulas[torch.ops.torchvision.deform_conv2d] = _deform_conv2d_flop
+    formulas[torch.ops.torchvision._deform_conv2d_backward] = _deform_conv2d_backward_flop
     return formulas
 
 

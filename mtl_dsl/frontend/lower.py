@@ -81,7 +81,7 @@ class Family:
 
 
 class MissingTableEntry(ValueError):
-    pass
+    """A table lookup ``table[target][source]`` with neither an entry nor a ``*`` default."""
 
 
 class TableValue:
