@@ -30,6 +30,7 @@ def _chosen_levels(call: Call, x: MultiScale) -> list[int]:
 @register
 class UpsampleConcat(Block):
     name = "upsample_concat"
+    module = "mtl_dsl.modules.aggregation.UpsampleConcat"
     family = "aggregation"
     doc = ("Resize every selected level bilinearly (align_corners=false) to the size of the first "
            "selected level and concatenate them in the order given (ATRC/DeMT/TPANet features).")
@@ -47,15 +48,11 @@ class UpsampleConcat(Block):
         first = x.levels[chosen[0]]
         return FeatureMap(channels=sum(x.levels[i].channels for i in chosen), h=first.h, w=first.w)
 
-    def build(self, call: Call):
-        from ..modules.aggregation import UpsampleConcat as Module
-
-        return Module(_chosen_levels(call, call.inputs["x"]), call["mode"])
-
 
 @register
 class SelectLevel(Block):
     name = "select_level"
+    module = "mtl_dsl.modules.aggregation.SelectLevel"
     family = "aggregation"
     doc = "One level of a multi-scale list, unchanged."
     args = {
@@ -70,8 +67,3 @@ class SelectLevel(Block):
             raise call.fail(f"level {level} does not exist: the input has {len(x.levels)} levels "
                             f"(1..{len(x.levels)}, in the order the backbone returns them)", "x")
         return x.levels[level - 1]
-
-    def build(self, call: Call):
-        from ..modules.aggregation import SelectLevel as Module
-
-        return Module(call["level"] - 1)

@@ -6,9 +6,8 @@ from __future__ import annotations
 from ..types import FeatureMap, TaskMap
 from .registry import Block, Call, Input, Param, register
 
-CONTEXT_KINDS = ("global", "local", "t_label", "s_label")
+CONTEXT_KINDS = ("global", "local", "t_label", "s_label")  # the order of the genotype codes 1..4
 POOL_KINDS = (*CONTEXT_KINDS, "search")
-GENOTYPE_CODES = {0: "none", 1: "global", 2: "local", 3: "t_label", 4: "s_label"}
 SEARCH_DEFAULTS = {"tau": (1.0, 0.05), "entropy_weight": (-0.02, 0.06), "freeze_gap": 0.3,
                    "arch_lr": 5e-4, "grad_clip": 10.0}
 
@@ -16,6 +15,7 @@ SEARCH_DEFAULTS = {"tau": (1.0, 0.05), "entropy_weight": (-0.02, 0.06), "freeze_
 @register
 class ContextPool(Block):
     name = "context_pool"
+    module = "mtl_dsl.modules.atrc.build_context"
     family = "atrc"
     doc = ("ATRC Context Pooling block: refines the target task's features with the source task's. "
            "kind global (linearised attention), local (window x window neighbourhood, zero padded), "
@@ -68,27 +68,12 @@ class ContextPool(Block):
                                 f"features {source.shape_str()}", name, "source")
         return FeatureMap(channels=self._channels(call), h=target.h, w=target.w)
 
-    def build(self, call: Call):
-        from ..modules import atrc
-
-        kind = call["kind"]
-        cin_t = call.inputs["target"].channels
-        cin_s = call.inputs["source"].channels
-        channels = self._channels(call)
-        affine = call["value_affine"]
-        if kind == "search":
-            return atrc.ContextSearch(
-                cin_t, cin_s, channels, tuple(call["pair"]), call["window"],
-                value_affine=False if affine is None else affine, tau=SEARCH_DEFAULTS["tau"],
-                entropy_weight=SEARCH_DEFAULTS["entropy_weight"],
-                freeze_gap=SEARCH_DEFAULTS["freeze_gap"])
-        return atrc.build_context(kind, cin_t, cin_s, channels, call["window"],
-                                  True if affine is None else affine)
 
 
 @register
 class ContextFusion(Block):
     name = "context_fusion"
+    module = "mtl_dsl.modules.atrc.ContextFusion"
     family = "atrc"
     doc = ("ATRC per-target fusion: concat the target's CP outputs -> 1x1 Conv-BN (zero-initialised "
            "BN) -> concat with the features -> 1x1 Conv-BN-ReLU -> Dropout2d. Without contexts "
@@ -126,15 +111,14 @@ class ContextFusion(Block):
             total += value.channels
         return total
 
-    def build(self, call: Call):
-        from ..modules.atrc import ContextFusion as Module
-
-        return Module(call.inputs["x"].channels, self._context_channels(call), call["dropout"])
+    def extra_args(self, call: Call) -> dict:
+        return {"context_channels": self._context_channels(call)}
 
 
 @register
 class LabelHead(Block):
     name = "label_head"
+    module = "mtl_dsl.modules.atrc.LabelHead"
     family = "atrc"
     doc = ("ATRC auxiliary head: 1x1 Conv-BN-ReLU (width = input channels unless given) -> 1x1 Conv "
            "to the task's auxiliary channels (its label regions: classes, 40 depth bins, 40 normal "
@@ -150,9 +134,3 @@ class LabelHead(Block):
         if call["task"] not in call.task_names:
             raise call.fail(f"unknown task '{call['task']}' (tasks: {', '.join(call.task_names)})")
         return FeatureMap(channels=call.task(call["task"]).aux_channels, h=x.h, w=x.w)
-
-    def build(self, call: Call):
-        from ..modules.atrc import LabelHead as Module
-
-        x: FeatureMap = call.inputs["x"]
-        return Module(x.channels, call["width"] or x.channels, call.task(call["task"]).aux_channels)

@@ -206,6 +206,7 @@ def resolve_options(call: Call) -> BackboneOptions:
 class Backbone(Block):
     name = "backbone"
     family = "backbones"
+    module = "mtl_dsl.modules.backbones.create_backbone"
     doc = ("A timm image encoder returning the maps of the chosen levels (NCHW, in level order). "
            "Weights are random unless `pretrained` names a local .safetensors file.")
     args = {
@@ -254,9 +255,8 @@ class Backbone(Block):
                        w=geometry.level_size(lv, images.w, opts.pad_to_patch))
             for lv in opts.levels))
 
-    def build(self, call: Call):
-        from ..modules.backbones import create_backbone
-
+    def module_args(self, call: Call) -> dict:
+        """Special: the family's defaults resolved, and the size the patch embedding sees."""
         opts = resolve_options(call)
         images: FeatureMap = call.inputs["images"]
         patch = opts.geometry.patch
@@ -264,11 +264,11 @@ class Backbone(Block):
         if patch:  # the size the patch embedding sees (pos-embed table of a ViT)
             rounding = (lambda d: -(-d // patch)) if opts.pad_to_patch else (lambda d: d // patch)
             h, w = rounding(h) * patch, rounding(w) * patch
-        return create_backbone(
-            call["name"], opts.geometry.family, opts.levels, in_chans=images.channels,
-            img_size=(h, w), pretrained=call["pretrained"], hrnet_fusion=opts.hrnet_fusion,
-            output_norms=opts.output_norms, pad_to_patch=opts.pad_to_patch,
-            swin_window=opts.swin_window, vit_norm=opts.vit_norm, drop_path=call["drop_path"])
+        return dict(name=call["name"], family=opts.geometry.family, levels=opts.levels,
+                    in_chans=images.channels, img_size=(h, w), pretrained=call["pretrained"],
+                    hrnet_fusion=opts.hrnet_fusion, output_norms=opts.output_norms,
+                    pad_to_patch=opts.pad_to_patch, swin_window=opts.swin_window,
+                    vit_norm=opts.vit_norm, drop_path=call["drop_path"])
 
     def idle(self, call: Call) -> dict[str, str]:
         opts = resolve_options(call)

@@ -13,6 +13,7 @@ NORMS = ("bn", "ln", "none")
 @register
 class ConvBnAct(Block):
     name = "conv_bn_act"
+    module = "mtl_dsl.modules.common.ConvBnAct"
     doc = "Conv2d (no bias when a norm follows) -> norm -> activation."
     args = {
         "x": Input((FeatureMap,), "input map"),
@@ -36,18 +37,11 @@ class ConvBnAct(Block):
         pad = d * (k - 1) // 2
         return FeatureMap(channels=call["channels"], h=x.h.conv(k, s, pad, d), w=x.w.conv(k, s, pad, d))
 
-    def build(self, call: Call):
-        from ..modules.common import ConvBnAct as Module
-
-        x: FeatureMap = call.inputs["x"]
-        bias = call["bias"] if call["bias"] is not None else call["norm"] == "none"
-        return Module(x.channels, call["channels"], call["kernel"], call["stride"], call["dilation"],
-                      call["groups"], call["norm"], call["act"], bias, call["init"])
-
 
 @register
 class Linear(Block):
     name = "linear"
+    module = "mtl_dsl.modules.common.PositionwiseLinear"
     doc = "A per-position Linear layer on a feature map's channels or on tokens."
     args = {
         "x": Input((FeatureMap, Tokens), "map or tokens"),
@@ -59,17 +53,11 @@ class Linear(Block):
     def infer(self, call: Call):
         return call.inputs["x"].model_copy(update={"channels": call["channels"]})
 
-    def build(self, call: Call):
-        from ..modules.common import PositionwiseLinear
-
-        x = call.inputs["x"]
-        return PositionwiseLinear(x.channels, call["channels"], call["bias"], call["init"],
-                                  channels_first=isinstance(x, FeatureMap))
-
 
 @register
 class LayerNorm(Block):
     name = "layer_norm"
+    module = "mtl_dsl.modules.common.PositionwiseLayerNorm"
     doc = "LayerNorm over the channels of a feature map (per position) or of tokens."
     args = {
         "x": Input((FeatureMap, Tokens), "map or tokens"),
@@ -79,16 +67,11 @@ class LayerNorm(Block):
     def infer(self, call: Call):
         return call.inputs["x"]
 
-    def build(self, call: Call):
-        from ..modules.common import PositionwiseLayerNorm
-
-        x = call.inputs["x"]
-        return PositionwiseLayerNorm(x.channels, call["eps"], channels_first=isinstance(x, FeatureMap))
-
 
 @register
 class LinearNorm(Block):
     name = "linear_norm"
+    module = "mtl_dsl.modules.common.LinearNorm"
     doc = "Linear to `channels` then LayerNorm (or LayerNorm then Linear with order=\"norm_first\")."
     args = {
         "x": Input((FeatureMap, Tokens), "map or tokens"),
@@ -99,17 +82,11 @@ class LinearNorm(Block):
     def infer(self, call: Call):
         return call.inputs["x"].model_copy(update={"channels": call["channels"]})
 
-    def build(self, call: Call):
-        from ..modules.common import LinearNorm as Module
-
-        x = call.inputs["x"]
-        return Module(x.channels, call["channels"], call["order"] == "norm_first",
-                      channels_first=isinstance(x, FeatureMap))
-
 
 @register
 class Mlp(Block):
     name = "mlp"
+    module = "mtl_dsl.modules.common.Mlp"
     doc = "Linear -> GELU -> Linear on every position (hidden = ratio * channels)."
     args = {
         "x": Input((FeatureMap, Tokens), "map or tokens"),
@@ -126,18 +103,11 @@ class Mlp(Block):
             raise call.fail("a residual MLP keeps the channel count", "x")
         return x.model_copy(update={"channels": out})
 
-    def build(self, call: Call):
-        from ..modules.common import Mlp as Module
-
-        x = call.inputs["x"]
-        return Module(x.channels, max(1, int(x.channels * call["ratio"])),
-                      call["channels"] or x.channels, call["norm"], call["residual"],
-                      channels_first=isinstance(x, FeatureMap))
-
 
 @register
 class Attention(Block):
     name = "attention"
+    module = "mtl_dsl.modules.common.Attention"
     doc = ("Multi-head attention with an explicit token set. `over`: \"all\" = every query attends "
            "to every key token (global MHSA; memory-efficient scaled_dot_product_attention); "
            "\"tasks\" = at each position, a query attends to the T tasks' tokens at that position "
@@ -168,14 +138,6 @@ class Attention(Block):
             raise call.fail("over=\"self\" pairs every query with its own key token", "q", "kv")
         return q
 
-    def build(self, call: Call):
-        from ..modules.common import Attention as Module
-
-        q: Tokens = call.inputs["q"]
-        kv = call.inputs["kv"] or q
-        return Module(q.channels, call["heads"], call["over"], call["residual"],
-                      query_groups=q.groups, key_groups=kv.groups)
-
     def idle(self, call: Call) -> dict[str, str]:
         if call["over"] == "self":
             reason = "softmax over a single key: query and key projections get no gradient"
@@ -186,6 +148,7 @@ class Attention(Block):
 @register
 class TaskTokens(Block):
     name = "tokens"
+    module = "mtl_dsl.modules.common.StackTokens"
     doc = ("Stack per-task feature maps (or one map) as tokens: {t: [B, C, h, w]} -> "
            "[B, T*h*w, C], tasks in order.")
     args = {"x": Input((TaskMap, FeatureMap), "per-task maps or one map")}
@@ -205,15 +168,11 @@ class TaskTokens(Block):
                                 f"vs {m.shape_str()}", "x")
         return Tokens(channels=first.channels, h=first.h, w=first.w, groups=len(maps))
 
-    def build(self, call: Call):
-        from ..modules.common import StackTokens
-
-        return StackTokens()
-
 
 @register
 class SplitTokens(Block):
     name = "split"
+    module = "mtl_dsl.modules.common.SplitTokens"
     doc = "Split stacked task tokens back into per-task feature maps (the inverse of tokens())."
     args = {
         "x": Input((Tokens,), "tokens of T stacked maps"),
@@ -227,17 +186,11 @@ class SplitTokens(Block):
             raise call.fail(f"{x.groups} token groups but {len(like.items)} tasks", "x", "like")
         return TaskMap(items={k: FeatureMap(channels=x.channels, h=x.h, w=x.w) for k in like.items})
 
-    def build(self, call: Call):
-        from ..modules.common import SplitTokens as Module
-
-        x: Tokens = call.inputs["x"]
-        h, w = x.h.eval(*call.input_size), x.w.eval(*call.input_size)
-        return Module(list(call.inputs["like"].items), h, w)
-
 
 @register
 class ToMap(Block):
     name = "to_map"
+    module = "mtl_dsl.modules.common.TokensToMap"
     doc = "Tokens of one map [B, h*w, C] back to the map [B, C, h, w]."
     args = {"x": Input((Tokens,), "tokens of one map")}
 
@@ -247,16 +200,11 @@ class ToMap(Block):
             raise call.fail("to_map takes tokens of one map; use split() for stacked tasks", "x")
         return FeatureMap(channels=x.channels, h=x.h, w=x.w)
 
-    def build(self, call: Call):
-        from ..modules.common import TokensToMap
-
-        x: Tokens = call.inputs["x"]
-        return TokensToMap(x.h.eval(*call.input_size), x.w.eval(*call.input_size))
-
 
 @register
 class Add(Block):
     name = "add"
+    module = "mtl_dsl.modules.common.Sum"
     doc = "Element-wise sum of two or more values of one shape (a residual)."
     args = {
         "a": Input((FeatureMap, Tokens), "first"),
@@ -273,15 +221,11 @@ class Add(Block):
                 raise call.fail(f"cannot add {a.shape_str()} and {other.shape_str()}", "a", name)
         return a
 
-    def build(self, call: Call):
-        from ..modules.common import Sum
-
-        return Sum()
-
 
 @register
 class Concat(Block):
     name = "concat"
+    module = "mtl_dsl.modules.common.ChannelConcat"
     doc = "Channel concatenation of per-task maps ({t: map}) or of two or three maps."
     args = {
         "a": Input((FeatureMap, TaskMap), "a map or a per-task collection of maps"),
@@ -303,15 +247,11 @@ class Concat(Block):
                                 "a", "b")
         return FeatureMap(channels=sum(m.channels for m in maps), h=first.h, w=first.w)
 
-    def build(self, call: Call):
-        from ..modules.common import ChannelConcat
-
-        return ChannelConcat()
-
 
 @register
 class Resize(Block):
     name = "resize"
+    module = "mtl_dsl.modules.common.Resize"
     doc = ("Bilinear (align_corners=False) or nearest resizing by an integer `scale` (> 1 up, "
            "`down` > 1 down) or to the size of `like`.")
     args = {
@@ -332,18 +272,11 @@ class Resize(Block):
         h, w = x.h.mul(call["scale"]).cdiv(call["down"]), x.w.mul(call["scale"]).cdiv(call["down"])
         return FeatureMap(channels=x.channels, h=h, w=w)
 
-    def build(self, call: Call):
-        from ..modules.common import Resize as Module
-
-        t = self.infer(call)
-        return Module(call["mode"], None if call.inputs["like"] is not None else
-                      (t.h.eval(*call.input_size), t.w.eval(*call.input_size)),
-                      scale=call["scale"], down=call["down"])
-
 
 @register
 class Activation(Block):
     name = "activation"
+    module = "mtl_dsl.modules.common.activation"
     doc = "An element-wise activation."
     args = {
         "x": Input((FeatureMap, Tokens), "input"),
@@ -353,15 +286,11 @@ class Activation(Block):
     def infer(self, call: Call):
         return call.inputs["x"]
 
-    def build(self, call: Call):
-        from ..modules.common import activation
-
-        return activation(call["fn"])
-
 
 @register
 class Dropout(Block):
     name = "dropout"
+    module = "mtl_dsl.modules.common.dropout"
     doc = "Dropout (per channel on maps: Dropout2d)."
     args = {
         "x": Input((FeatureMap, Tokens), "input"),
@@ -371,15 +300,11 @@ class Dropout(Block):
     def infer(self, call: Call):
         return call.inputs["x"]
 
-    def build(self, call: Call):
-        from torch import nn
-
-        return nn.Dropout2d(call["p"]) if isinstance(call.inputs["x"], FeatureMap) else nn.Dropout(call["p"])
-
 
 @register
 class Detach(Block):
     name = "detach"
+    module = "mtl_dsl.modules.common.Detach"
     doc = ("The value with its gradient stopped (ATRC's auxiliary heads read the backbone features "
            "without training the backbone).")
     args = {"x": Input((FeatureMap, Tokens), "input")}
@@ -387,15 +312,11 @@ class Detach(Block):
     def infer(self, call: Call):
         return call.inputs["x"]
 
-    def build(self, call: Call):
-        from ..modules.common import Detach as Module
-
-        return Module()
-
 
 @register
 class Select(Block):
     name = "select"
+    module = "mtl_dsl.modules.common.SelectKey"
     doc = "One entry of a per-task collection (what `g[t]` on a block's per-task result means)."
     args = {
         "x": Input((TaskMap,), "per-task collection"),
@@ -410,8 +331,3 @@ class Select(Block):
             raise call.fail(f"no entry '{call['key']}' (entries: {', '.join(x.items)})", "x",
                             hint=did_you_mean(call["key"], x.items))
         return x.items[call["key"]]
-
-    def build(self, call: Call):
-        from ..modules.common import SelectKey
-
-        return SelectKey(call["key"])

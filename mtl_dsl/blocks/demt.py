@@ -46,6 +46,7 @@ def _positions(m: FeatureMap, call: Call) -> int:
 @register
 class DemtLinearNorm(Block):
     name = "demt_linear_norm"
+    module = "mtl_dsl.modules.demt.LinearNorm"
     family = "demt"
     doc = ("Per-position Linear to `dim` channels with a LayerNorm: Linear then LayerNorm as the "
            "official DeMT (`linear1`), or LayerNorm then Linear (`norm_first`, paper eq. 1).")
@@ -59,15 +60,11 @@ class DemtLinearNorm(Block):
         x: FeatureMap = call.inputs["x"]
         return FeatureMap(channels=call["dim"], h=x.h, w=x.w)
 
-    def build(self, call: Call):
-        from ..modules.demt import LinearNorm
-
-        return LinearNorm(call.inputs["x"].channels, call["dim"], call["norm_first"])
-
 
 @register
 class DeformableMixer(Block):
     name = "deformable_mixer"
+    module = "mtl_dsl.modules.demt.DeformableMixer"
     family = "demt"
     doc = ("DeMT deformable mixer (paper eqs. 2-5): 1x1 conv-GELU-BN channel mixing, then a residual "
            "branch of a 1x1 deformable conv (one offset per channel, from absolute pixel coordinates "
@@ -77,15 +74,11 @@ class DeformableMixer(Block):
     def infer(self, call: Call) -> FeatureMap:
         return call.inputs["x"]
 
-    def build(self, call: Call):
-        from ..modules.demt import DeformableMixer as Module
-
-        return Module(call.inputs["x"].channels)
-
 
 @register
 class TaskInteraction(Block):
     name = "task_interaction"
+    module = "mtl_dsl.modules.demt.TaskInteraction"
     family = "demt"
     doc = ("DeMT task interaction (paper eqs. 7-9): attention over the tokens of all tasks' maps, "
            "then Linear+LayerNorm shared by all tasks, no residual. over \"self\": official code at "
@@ -103,12 +96,6 @@ class TaskInteraction(Block):
         _check_heads(call, "x", maps[0].channels)
         return call.inputs["x"]
 
-    def build(self, call: Call):
-        from ..modules.demt import TaskInteraction as Module
-
-        maps = _task_maps(call, "x")
-        return Module(maps[0].channels, call["heads"], call["over"], call["prenorm"])
-
     def idle(self, call: Call) -> dict[str, str]:
         maps = _task_maps(call, "x")
         if call["over"] == "self" or len(maps) * _positions(maps[0], call) == 1:
@@ -119,6 +106,7 @@ class TaskInteraction(Block):
 @register
 class TaskQuery(Block):
     name = "task_query"
+    module = "mtl_dsl.modules.demt.TaskQuery"
     family = "demt"
     doc = ("DeMT task query (paper eqs. 10-12): the task's deformed map queries the interacted maps "
            "of all tasks; Linear+LayerNorm; residual on the query. over \"tasks\": official code at "
@@ -143,11 +131,6 @@ class TaskQuery(Block):
         _check_heads(call, "x", x.channels)
         return x
 
-    def build(self, call: Call):
-        from ..modules.demt import TaskQuery as Module
-
-        return Module(call.inputs["x"].channels, call["heads"], call["over"], call["prenorm"])
-
     def idle(self, call: Call) -> dict[str, str]:
         maps = _task_maps(call, "context")
         keys = len(maps) if call["over"] == "tasks" else len(maps) * _positions(maps[0], call)
@@ -159,6 +142,7 @@ class TaskQuery(Block):
 @register
 class RatioHead(Block):
     name = "ratio_head"
+    module = "mtl_dsl.modules.demt.RatioHead"
     family = "demt"
     doc = ("Per-task prediction of the ATRC code base's heads (DeMT, TPANet): 3x3 conv (no bias)-BN-"
            "ReLU bottleneck whose width is the channels of `features` (the aggregated backbone "
@@ -172,20 +156,10 @@ class RatioHead(Block):
                        min=1),
     }
 
-    def _width(self, call: Call) -> int:
-        width = call.inputs["features"].channels // call["ratio"]
-        if width < 1:
-            raise call.fail(f"bottleneck width {call.inputs['features'].channels} // "
-                            f"{call['ratio']} is 0", "features")
-        return width
-
     def infer(self, call: Call) -> FeatureMap:
         x: FeatureMap = call.inputs["x"]
-        self._width(call)
+        if call.inputs["features"].channels // call["ratio"] < 1:
+            raise call.fail(f"bottleneck width {call.inputs['features'].channels} // "
+                            f"{call['ratio']} is 0", "features")
         return FeatureMap(channels=call.task(call["task"]).channels, h=x.h, w=x.w)
-
-    def build(self, call: Call):
-        from ..modules.demt import RatioHead as Module
-
-        return Module(call.inputs["x"].channels, self._width(call), call.task(call["task"]).channels)
 

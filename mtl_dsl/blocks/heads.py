@@ -8,6 +8,7 @@ from .registry import Block, Call, Input, Param, register
 @register
 class DenseHead(Block):
     name = "dense_head"
+    module = "mtl_dsl.modules.heads.DenseHead"
     doc = ("The multi-task baseline head (ATRC's FCNHead): 3x3 Conv(no bias)-BN-ReLU bottleneck, "
            "then 1x1 Conv to the task's channels (N(0, 0.01) init). The model resizes the logits "
            "to the input size.")
@@ -21,20 +22,8 @@ class DenseHead(Block):
         "bottleneck": Param(bool, True, "false: the head is the 1x1 logits conv only"),
     }
 
-    def _width(self, call: Call) -> int:
-        x: FeatureMap = call.inputs["x"]
-        return call["width"] or x.channels // call["reduction"]
-
     def infer(self, call: Call) -> FeatureMap:
         x: FeatureMap = call.inputs["x"]
-        if call["bottleneck"] and self._width(call) < 1:
+        if call["bottleneck"] and not (call["width"] or x.channels // call["reduction"]):
             raise call.fail(f"bottleneck width {x.channels} // {call['reduction']} is 0", "x")
         return FeatureMap(channels=call.task(call["task"]).channels, h=x.h, w=x.w)
-
-    def build(self, call: Call):
-        from ..modules.heads import DenseHead as Module
-
-        x: FeatureMap = call.inputs["x"]
-        out = self.infer(call).channels
-        width = self._width(call) if call["bottleneck"] else 0
-        return Module(x.channels, width, out, call["kernel"])

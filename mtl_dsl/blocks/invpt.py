@@ -52,6 +52,7 @@ def _picked(call: Call, name: str = "x") -> FeatureMap:
 @register
 class EfaEmbed(Block):
     name = "invpt_efa_embed"
+    module = "mtl_dsl.modules.invpt.EfaEmbed"
     family = "invpt"
     doc = ("Encoder-feature aggregation input: a 3x3 conv of an encoder map to a stage's width "
            "(up=1), or a 3x3 stride-2 transposed conv (padding 1, output padding 1) that also "
@@ -69,15 +70,14 @@ class EfaEmbed(Block):
         k = call["up"]
         return FeatureMap(channels=call["channels"], h=x.h.mul(k), w=x.w.mul(k))
 
-    def build(self, call: Call):
-        from ..modules.invpt import EfaEmbed as Module
-
-        return Module(_picked(call).channels, call["channels"], call["up"], call["level"])
+    def extra_args(self, call: Call) -> dict:
+        return {"in_channels": _picked(call).channels}
 
 
 @register
 class DecoderInput(Block):
     name = "invpt_decoder_input"
+    module = "mtl_dsl.modules.invpt.DecoderInput"
     family = "invpt"
     doc = ("The encoder map bilinearly resized to floor(h/factor) x floor(w/factor): the official "
            "decoder starts at half the ViT grid (stride 32); factor=1 keeps the encoder grid, as "
@@ -97,15 +97,11 @@ class DecoderInput(Block):
                             f"size {call.input_size[0]}x{call.input_size[1]}", "x")
         return out
 
-    def build(self, call: Call):
-        from ..modules.invpt import DecoderInput as Module
-
-        return Module(call["factor"], call["level"])
-
 
 @register
 class PreliminaryDecoder(Block):
     name = "invpt_preliminary_decoder"
+    module = "mtl_dsl.modules.invpt.preliminary_decoder"
     family = "invpt"
     doc = ("A task's preliminary decoder: 3x3 Conv(no bias)-BN-ReLU keeping the input width, then "
            "3x3 Conv(no bias)-BN-ReLU to `channels` (F_t^d of the paper).")
@@ -118,18 +114,11 @@ class PreliminaryDecoder(Block):
         x: FeatureMap = call.inputs["x"]
         return FeatureMap(channels=call["channels"], h=x.h, w=x.w)
 
-    def build(self, call: Call):
-        from torch import nn
-
-        from ..modules.common import ConvBnAct
-
-        cin = call.inputs["x"].channels
-        return nn.Sequential(ConvBnAct(cin, cin, 3), ConvBnAct(cin, call["channels"], 3))
-
 
 @register
 class TaskMix(Block):
     name = "invpt_task_mix"
+    module = "mtl_dsl.modules.invpt.TaskMix"
     family = "invpt"
     doc = ("1x1 conv (with bias) of the channel concat [feature, prediction] of one task: the "
            "decoder's input F_t^c from F_t^d and the raw preliminary logits P_t.")
@@ -146,12 +135,6 @@ class TaskMix(Block):
             raise call.fail(f"feature {f.shape_str()} and prediction {p.shape_str()} must share "
                             f"a grid", "feature", "pred")
         return FeatureMap(channels=call["channels"], h=f.h, w=f.w)
-
-    def build(self, call: Call):
-        from ..modules.invpt import TaskMix as Module
-
-        return Module(call.inputs["feature"].channels, call.inputs["pred"].channels,
-                      call["channels"])
 
 
 def _task_entry(call: Call, name: str = "x") -> FeatureMap:
@@ -177,6 +160,7 @@ TASK_DOC = "the task to take from a per-task collection input"
 @register
 class UpEmbed(Block):
     name = "invpt_up_embed"
+    module = "mtl_dsl.modules.invpt.UpEmbed"
     family = "invpt"
     doc = ("Reshape & Up of one task's map between decoder stages: bilinear x2, then two 3x3 "
            "Conv(no bias)-BN-ReLU with dilation 2 (padding 2), as the official code; plus the "
@@ -205,15 +189,14 @@ class UpEmbed(Block):
                      "InvPT pads NYUD to 448x576)")
         return out
 
-    def build(self, call: Call):
-        from ..modules.invpt import UpEmbed as Module
-
-        return Module(_task_entry(call).channels, call["channels"], call["dilation"], call["task"])
+    def extra_args(self, call: Call) -> dict:
+        return {"in_channels": _task_entry(call).channels}
 
 
 @register
 class TransformerBlock(Block):
     name = "invpt_transformer"
+    module = "mtl_dsl.modules.invpt.InvPTTransformerBlock"
     family = "invpt"
     doc = ("One InvPT decoder stage's transformer block over the tokens of all tasks: pre-norm "
            "attention with per-task depthwise stride-2 conv + BN queries and per-task average-"
@@ -276,19 +259,15 @@ class TransformerBlock(Block):
                             f"stage at half of this grid {x.h}x{x.w} (expected "
                             f"{TokenGrid(groups=tasks, h=ph, w=pw)})", "attn", "x")
 
-    def build(self, call: Call):
-        from ..modules.invpt import InvPTTransformerBlock as Module
-
-        maps = _task_maps(call, "x")
-        dim = next(iter(maps.values())).channels
-        amp = call["amp"] if call.inputs.get("attn") is not None else None
-        return Module(list(maps), dim, call["heads"], call["kv_pool"], call["query_stride"],
-                      call["mlp_ratio"], amp, call["scale"])
+    def extra_args(self, call: Call) -> dict:
+        # the first stage gets no message: no message-passing layer
+        return {"amp": call["amp"] if call.inputs.get("attn") is not None else None}
 
 
 @register
 class JointNorm(Block):
     name = "invpt_joint_norm"
+    module = "mtl_dsl.modules.invpt.JointTaskNorm"
     family = "invpt"
     doc = ("LayerNorm over the channels of all tasks jointly at each position (T*C features), "
            "split back per task: the official `norm_mts` after each decoder stage.")
@@ -297,16 +276,11 @@ class JointNorm(Block):
     def infer(self, call: Call) -> TaskMap:
         return TaskMap(items=dict(_task_maps(call, "x")))
 
-    def build(self, call: Call):
-        from ..modules.invpt import JointTaskNorm as Module
-
-        maps = _task_maps(call, "x")
-        return Module(list(maps), next(iter(maps.values())).channels)
-
 
 @register
 class FuseStages(Block):
     name = "invpt_fuse_stages"
+    module = "mtl_dsl.modules.invpt.FuseStages"
     family = "invpt"
     doc = ("One task's decoder output from all stages (official `redu_chan` + resize + sum): every "
            "stage after the first is projected by a 1x1 conv (with bias) to `channels`, each is "
@@ -346,18 +320,17 @@ class FuseStages(Block):
         k = call["scale"]
         return FeatureMap(channels=call["channels"], h=last.h.mul(k), w=last.w.mul(k))
 
-    def build(self, call: Call):
-        from ..modules.invpt import FuseStages as Module
-
+    def extra_args(self, call: Call) -> dict:
         widths = [m.channels for m in self._stages(call)]
         value = call.inputs["stages"]
         keys = list(range(len(widths))) if isinstance(value, MultiScale) else list(value.items)
-        return Module(keys, widths, call["channels"], call["task"], call["scale"])
+        return {"keys": keys, "widths": widths}
 
 
 @register
 class Upsample(Block):
     name = "invpt_upsample"
+    module = "mtl_dsl.modules.invpt.Upsample"
     family = "invpt"
     doc = "Bilinear upsampling by an integer factor (the MT baseline's 8x before its prediction)."
     args = {
@@ -369,8 +342,3 @@ class Upsample(Block):
         x: FeatureMap = call.inputs["x"]
         k = call["scale"]
         return FeatureMap(channels=x.channels, h=x.h.mul(k), w=x.w.mul(k))
-
-    def build(self, call: Call):
-        from ..modules.invpt import Upsample as Module
-
-        return Module(call["scale"])

@@ -1,10 +1,13 @@
 """The block registry: every name a spec can call is a ``Block`` registered here.
 
 A block declares, without importing torch, its ordered arguments (graph ``Input``s and constant
-``Param``s with types, defaults and docs), its output names, and its output-shape rule ``infer``.
-Its ``build`` imports torch lazily and returns the ``nn.Module`` (from ``mtl_dsl.modules``) whose
-``forward`` takes the inputs in declared order. The front-end and shape checker use only the
-declarations, so ``mtl-dsl check`` never imports torch.
+``Param``s with types, defaults and docs), its output names, its output-shape rule ``infer``, and
+the module it builds (``module``: a dotted path such as ``"mtl_dsl.modules.common.ConvBnAct"``,
+imported only when a model is built). The front-end and shape checker use only the declarations,
+so ``mtl-dsl check`` never imports torch. ``build`` constructs the module from the call by one
+rule for every block (``mtl_dsl.blocks.construct``: constructor parameters bound by name to the
+block's parameters and the facts of its inputs); the module's ``forward`` takes the inputs in
+declared order.
 
 Conventions for a block's module ``forward``:
 * a ``FeatureMap`` or ``Tokens`` input is a tensor; a ``MultiScale`` input a list of tensors; a
@@ -17,10 +20,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 from ..tasks import TaskSpec
 from ..types import AttentionMap, FeatureMap, MultiScale, TaskMap, Tokens
+from .construct import BlockDefinitionError, bind, call_facts, resolve_module
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
@@ -185,14 +189,40 @@ class Block(ABC):
     doc: ClassVar[str] = ""
     args: ClassVar[dict[str, Input | Param]] = {}
     outputs: ClassVar[tuple[str, ...]] = ("out",)
+    # What the block builds: "package.module.Name" (imported at build time) or the callable.
+    module: ClassVar[str | Callable[..., Any] | None] = None
 
     @abstractmethod
     def infer(self, call: Call) -> Any:
         """The output type (a tuple of types when the block has several outputs)."""
 
-    @abstractmethod
+    def extra_args(self, call: Call) -> dict[str, Any]:
+        """Constructor arguments the standard facts do not give (see ``construct``); most
+        blocks need none."""
+        return {}
+
+    def module_target(self) -> Callable[..., Any]:
+        """The class or factory this block builds (imports it: torch is loaded here)."""
+        spec = type(self).module
+        if spec is None:
+            raise BlockDefinitionError(f"block '{self.name}' names no module")
+        return resolve_module(spec)
+
+    def module_args(self, call: Call) -> dict[str, Any]:
+        """The constructor's keyword arguments for this call, bound by name from the call's
+        facts and ``extra_args`` (``mtl_dsl.blocks.construct``)."""
+        facts = call_facts(self, call)
+        facts.update(self.extra_args(call))
+        return bind(self.module_target(), facts, self.name)
+
+    def construction(self, call: Call) -> tuple[Callable[..., Any], dict[str, Any]]:
+        """(what is built, with which arguments): equal pairs build modules of one structure."""
+        return self.module_target(), self.module_args(call)
+
     def build(self, call: Call) -> "nn.Module":
-        """The block's module for this call (torch is imported here, never at module level)."""
+        """The block's module for this call."""
+        target, kwargs = self.construction(call)
+        return target(**kwargs)
 
     def idle(self, call: Call) -> dict[str, str]:
         """Parameters (names relative to the module, prefix match) that can never receive a
@@ -246,12 +276,10 @@ def register(cls: type[Block]) -> type[Block]:
     if name in REGISTRY:
         raise RuntimeError(f"block '{name}' registered twice ({type(REGISTRY[name]).__module__} "
                            f"and {cls.__module__})")
-    seen_optional = False
+    if cls.module is None and cls.build is Block.build:
+        raise RuntimeError(f"block '{name}' names no module (set `module` to a dotted path or "
+                           f"a class) and does not override build")
     for arg_name, arg in cls.args.items():
-        if isinstance(arg, Param) and arg.required and seen_optional:
-            pass  # keyword-only use is fine; positional order is the declaration order
-        if isinstance(arg, Param) and not arg.required:
-            seen_optional = True
         if isinstance(arg, Param) and not arg.required and arg.default is not None:
             problem = arg.check(arg.default)
             if problem:

@@ -16,6 +16,7 @@ from .registry import Block, Call, Input, Param, register
 @register
 class TaskPriorExtractor(Block):
     name = "task_prior_extractor"
+    module = "mtl_dsl.modules.tpanet.TaskPriorExtractor"
     family = "tpanet"
     doc = ("TPANet task prior extractor (paper eqs. 1-3): per task F_tp^t = specific_t(x) + inject(x) "
            "with 1x1 convolutions. Released code: groups 2, no BatchNorm; paper: groups 1 + "
@@ -36,16 +37,11 @@ class TaskPriorExtractor(Block):
         out = FeatureMap(channels=call["dim"], h=x.h, w=x.w)
         return TaskMap(items={t: out for t in call.task_names})
 
-    def build(self, call: Call):
-        from ..modules.tpanet import TaskPriorExtractor as Module
-
-        return Module(call.inputs["x"].channels, call["dim"], call.task_names, call["groups"],
-                      call["norm"] == "bn")
-
 
 @register
 class AdaptiveTaskMixing(Block):
     name = "adaptive_task_mixing"
+    module = "mtl_dsl.modules.tpanet.AdaptiveTaskMixing"
     family = "tpanet"
     doc = ("TPANet adaptive task mixing (paper eqs. 4-7) on the channel concat of the task maps: "
            "spatial MLP over the S positions (hidden int(S * ratio), at least 1) and channel MLP "
@@ -60,16 +56,15 @@ class AdaptiveTaskMixing(Block):
         _task_maps(call, "x")
         return call.inputs["x"]
 
-    def build(self, call: Call):
-        from ..modules.tpanet import AdaptiveTaskMixing as Module
-
+    def extra_args(self, call: Call) -> dict:
         maps = _task_maps(call, "x")
-        return Module(maps[0].channels, len(maps), _positions(maps[0], call), call["ratio"])
+        return {"positions": _positions(maps[0], call)}
 
 
 @register
 class TpanetCrossAttention(Block):
     name = "tpanet_cross_attention"
+    module = "mtl_dsl.modules.tpanet.CrossAttention"
     family = "tpanet"
     doc = ("TPANet cross attention (paper eqs. 9-11): F_tp + F + MHA(F, F, F) + MHA(F_tp, F, F) with "
            "one attention for both calls. over \"self\": the released code at one image per GPU "
@@ -92,11 +87,6 @@ class TpanetCrossAttention(Block):
         _check_heads(call, "x", x.channels)
         return x
 
-    def build(self, call: Call):
-        from ..modules.tpanet import CrossAttention
-
-        return CrossAttention(call.inputs["x"].channels, call["heads"], call["over"])
-
     def idle(self, call: Call) -> dict[str, str]:
         if call["over"] == "self" or _positions(call.inputs["x"], call) == 1:
             return {"attn.q_proj": QK_IDLE, "attn.k_proj": QK_IDLE}
@@ -106,6 +96,7 @@ class TpanetCrossAttention(Block):
 @register
 class TpanetMlp(Block):
     name = "tpanet_mlp"
+    module = "mtl_dsl.modules.tpanet.SharedMlp"
     family = "tpanet"
     doc = ("TPANet's MLP with residual (paper eq. 12), one module shared by all tasks as released: "
            "x + mlp(norm2(x)), mlp = [LayerNorm, Linear(D -> ratio*D), GELU, Linear(-> D)].")
@@ -117,8 +108,3 @@ class TpanetMlp(Block):
     def infer(self, call: Call) -> TaskMap:
         _task_maps(call, "x")
         return call.inputs["x"]
-
-    def build(self, call: Call):
-        from ..modules.tpanet import SharedMlp
-
-        return SharedMlp(_task_maps(call, "x")[0].channels, call["ratio"])

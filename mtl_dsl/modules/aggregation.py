@@ -1,4 +1,4 @@
-"""nn.Modules behind the aggregation blocks."""
+"""nn.Modules behind the aggregation blocks. Levels are counted from 1, as in the specs."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -9,13 +9,16 @@ from torch import nn
 
 
 class UpsampleConcat(nn.Module):
-    def __init__(self, indices: Sequence[int], mode: str = "bilinear"):
+    """The chosen levels (all when ``levels`` is None) resized to the first one's size and
+    concatenated in order."""
+
+    def __init__(self, levels: Sequence[int] | None = None, mode: str = "bilinear"):
         super().__init__()
-        self.indices = list(indices)
+        self.indices = None if levels is None else [lv - 1 for lv in levels]
         self.mode = mode
 
     def forward(self, levels: list[torch.Tensor]) -> torch.Tensor:
-        chosen = [levels[i] for i in self.indices]
+        chosen = list(levels) if self.indices is None else [levels[i] for i in self.indices]
         size = chosen[0].shape[-2:]
         align = False if self.mode == "bilinear" else None
         return torch.cat([m if m.shape[-2:] == size else
@@ -24,9 +27,9 @@ class UpsampleConcat(nn.Module):
 
 
 class SelectLevel(nn.Module):
-    def __init__(self, index: int):
+    def __init__(self, level: int):
         super().__init__()
-        self.index = index
+        self.index = level - 1
 
     def forward(self, levels: list[torch.Tensor]) -> torch.Tensor:
         return levels[self.index]

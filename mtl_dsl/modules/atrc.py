@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-CONTEXT_KINDS = ("global", "local", "t_label", "s_label")  # the order of the genotype codes 1..4
+from ..blocks.atrc import CONTEXT_KINDS, SEARCH_DEFAULTS
 GLOBAL_EPS = 1e-12  # the official clamp of the linear attention's normaliser
 
 
@@ -162,8 +162,18 @@ def region_prototypes(features: torch.Tensor, region_logits: torch.Tensor) -> to
     return prototypes.transpose(1, 2).unsqueeze(3)
 
 
-def build_context(kind: str, target_channels: int, source_channels: int, channels: int,
-                  window: int = 9, value_affine: bool = True) -> nn.Module:
+def build_context(kind: str, target_channels: int, source_channels: int, out_channels: int,
+                  window: int = 9, value_affine: bool | None = None,
+                  pair: list[str] | None = None) -> nn.Module:
+    """The CP block of one kind with ``out_channels`` outputs. ``value_affine`` None: affine
+    value BatchNorm, except in the search supergraph (``kind="search"``), as the official code."""
+    channels = out_channels
+    if kind == "search":
+        return ContextSearch(target_channels, source_channels, channels, tuple(pair or ()), window,
+                             value_affine=bool(value_affine), tau=SEARCH_DEFAULTS["tau"],
+                             entropy_weight=SEARCH_DEFAULTS["entropy_weight"],
+                             freeze_gap=SEARCH_DEFAULTS["freeze_gap"])
+    value_affine = True if value_affine is None else value_affine
     if kind == "global":
         return GlobalContext(target_channels, source_channels, channels, value_affine)
     if kind == "local":
@@ -316,8 +326,9 @@ class ContextFusion(nn.Module):
     Without: 1x1 Conv-BN-ReLU -> Dropout2d.
     """
 
-    def __init__(self, channels: int, context_channels: int, dropout: float = 0.05):
+    def __init__(self, in_channels: int, context_channels: int, dropout: float = 0.05):
         super().__init__()
+        channels = in_channels
         if context_channels:
             self.out_proj = nn.Sequential()
             self.out_proj.add_module("conv", nn.Conv2d(context_channels, channels, 1, bias=False))
@@ -344,10 +355,12 @@ class ContextFusion(nn.Module):
 
 
 class LabelHead(nn.Sequential):
-    """ATRC's auxiliary head: 1x1 Conv-BN-ReLU -> 1x1 Conv (bias) to the label regions."""
+    """ATRC's auxiliary head: 1x1 Conv-BN-ReLU (``width`` 0: the input width) -> 1x1 Conv (bias)
+    to the ``out_channels`` label regions."""
 
-    def __init__(self, cin: int, width: int, regions: int):
+    def __init__(self, in_channels: int, width: int, out_channels: int):
         super().__init__()
+        cin, width, regions = in_channels, width or in_channels, out_channels
         self.hidden = nn.Sequential()
         self.hidden.add_module("conv", nn.Conv2d(cin, width, 1, bias=False))
         self.hidden.add_module("bn", nn.BatchNorm2d(width))

@@ -1,4 +1,8 @@
-"""nn.Modules behind the common blocks."""
+"""nn.Modules behind the common blocks.
+
+Constructor parameters are named after the block's parameters and the facts of its call
+(``in_channels``, ``channels_first``, ...): the block registry builds each one by that rule
+(``mtl_dsl.blocks.construct``)."""
 from __future__ import annotations
 
 import torch
@@ -20,9 +24,14 @@ def init_weight(conv: nn.Module, how: str) -> None:
 
 
 class ConvBnAct(nn.Sequential):
-    def __init__(self, cin: int, cout: int, kernel: int = 3, stride: int = 1, dilation: int = 1,
-                 groups: int = 1, norm: str = "bn", act: str = "relu", bias: bool = False,
-                 init: str = "default"):
+    """Conv2d -> norm -> activation; ``bias=None``: a conv bias only when no norm follows."""
+
+    def __init__(self, in_channels: int, channels: int, kernel: int = 3, stride: int = 1,
+                 dilation: int = 1, groups: int = 1, norm: str = "bn", act: str = "relu",
+                 bias: bool | None = None, init: str = "default"):
+        cin, cout = in_channels, channels
+        if bias is None:
+            bias = norm == "none"
         layers: dict[str, nn.Module] = {
             "conv": nn.Conv2d(cin, cout, kernel, stride, dilation * (kernel - 1) // 2, dilation,
                               groups, bias=bias)
@@ -46,16 +55,21 @@ class LayerNorm2d(nn.LayerNorm):
         return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
-def activation(name: str) -> nn.Module:
+def activation(fn: str) -> nn.Module:
     return {"relu": nn.ReLU, "gelu": nn.GELU, "none": nn.Identity, "sigmoid": nn.Sigmoid,
-            "tanh": nn.Tanh, "softplus": nn.Softplus}[name]()
+            "tanh": nn.Tanh, "softplus": nn.Softplus}[fn]()
+
+
+def dropout(p: float, channels_first: bool) -> nn.Module:
+    """Dropout2d (whole channels) on a map, Dropout on tokens."""
+    return nn.Dropout2d(p) if channels_first else nn.Dropout(p)
 
 
 class PositionwiseLinear(nn.Module):
-    def __init__(self, cin: int, cout: int, bias: bool = True, init: str = "default",
+    def __init__(self, in_channels: int, channels: int, bias: bool = True, init: str = "default",
                  channels_first: bool = False):
         super().__init__()
-        self.linear = nn.Linear(cin, cout, bias)
+        self.linear = nn.Linear(in_channels, channels, bias)
         if init == "trunc_normal":
             nn.init.trunc_normal_(self.linear.weight, std=0.02)
             if bias:
@@ -71,9 +85,9 @@ class PositionwiseLinear(nn.Module):
 
 
 class PositionwiseLayerNorm(nn.Module):
-    def __init__(self, channels: int, eps: float = 1e-5, channels_first: bool = False):
+    def __init__(self, in_channels: int, eps: float = 1e-5, channels_first: bool = False):
         super().__init__()
-        self.norm = nn.LayerNorm(channels, eps=eps)
+        self.norm = nn.LayerNorm(in_channels, eps=eps)
         self.channels_first = channels_first
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -83,11 +97,14 @@ class PositionwiseLayerNorm(nn.Module):
 
 
 class LinearNorm(nn.Module):
-    def __init__(self, cin: int, cout: int, norm_first: bool = False, channels_first: bool = False):
+    """Linear then LayerNorm, or (``order="norm_first"``) LayerNorm then Linear."""
+
+    def __init__(self, in_channels: int, channels: int, order: str = "linear_first",
+                 channels_first: bool = False):
         super().__init__()
-        self.norm_first = norm_first
-        self.linear = nn.Linear(cin, cout)
-        self.norm = nn.LayerNorm(cin if norm_first else cout)
+        self.norm_first = norm_first = order == "norm_first"
+        self.linear = nn.Linear(in_channels, channels)
+        self.norm = nn.LayerNorm(in_channels if norm_first else channels)
         self.channels_first = channels_first
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -98,9 +115,14 @@ class LinearNorm(nn.Module):
 
 
 class Mlp(nn.Module):
-    def __init__(self, cin: int, hidden: int, cout: int, norm: bool = False, residual: bool = False,
-                 channels_first: bool = False):
+    """Linear -> GELU -> Linear, hidden width max(1, int(ratio * in_channels)); ``channels`` 0
+    keeps the input width."""
+
+    def __init__(self, in_channels: int, ratio: float = 4.0, channels: int = 0, norm: bool = False,
+                 residual: bool = False, channels_first: bool = False):
         super().__init__()
+        cin, cout = in_channels, channels or in_channels
+        hidden = max(1, int(in_channels * ratio))
         self.norm = nn.LayerNorm(cin) if norm else nn.Identity()
         self.fc1 = nn.Linear(cin, hidden)
         self.act = nn.GELU()
@@ -127,15 +149,15 @@ class _MultiheadProjections(nn.Module):
 class Attention(nn.Module):
     """Multi-head attention whose key set is explicit (see the `attention` block's doc)."""
 
-    def __init__(self, dim: int, heads: int, over: str, residual: bool = False,
-                 query_groups: int = 1, key_groups: int = 1):
+    def __init__(self, q_channels: int, heads: int, over: str, residual: bool = False,
+                 q_groups: int = 1, kv_groups: int | None = None):
         super().__init__()
-        self.attn = _MultiheadProjections(dim)
+        self.attn = _MultiheadProjections(q_channels)
         self.heads = heads
         self.over = over
         self.residual = residual
-        self.query_groups = query_groups
-        self.key_groups = key_groups
+        self.query_groups = q_groups
+        self.key_groups = q_groups if kv_groups is None else kv_groups  # keys default to queries
 
     def forward(self, q: torch.Tensor, kv: torch.Tensor | None = None) -> torch.Tensor:
         kv = q if kv is None else kv
@@ -180,10 +202,11 @@ class StackTokens(nn.Module):
 
 
 class SplitTokens(nn.Module):
-    def __init__(self, keys: list[str], h: int, w: int):
+    """Stacked task tokens back into per-task maps, named after the entries of ``like``."""
+
+    def __init__(self, like_keys: list[str]):
         super().__init__()
-        self.keys = keys
-        self.h, self.w = h, w
+        self.keys = list(like_keys)
 
     def forward(self, x: torch.Tensor, like: dict) -> dict[str, torch.Tensor]:
         b, n, c = x.shape
@@ -193,9 +216,9 @@ class SplitTokens(nn.Module):
 
 
 class TokensToMap(nn.Module):
-    def __init__(self, h: int, w: int):
+    def __init__(self, in_size: tuple[int, int]):
         super().__init__()
-        self.h, self.w = h, w
+        self.h, self.w = in_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
@@ -215,7 +238,7 @@ class ChannelConcat(nn.Module):
 
 
 class Resize(nn.Module):
-    def __init__(self, mode: str, size: tuple[int, int] | None, scale: int = 1, down: int = 1):
+    def __init__(self, mode: str = "bilinear", scale: int = 1, down: int = 1):
         super().__init__()
         self.mode = mode
         self.scale, self.down = scale, down

@@ -69,8 +69,9 @@ class ChannelDeformConv(nn.Module):
 class DeformableMixer(nn.Module):
     """One deformable mixer (paper eqs. 2-5): channel mixing, then the residual deformable branch."""
 
-    def __init__(self, dim: int):
+    def __init__(self, in_channels: int):
         super().__init__()
+        dim = in_channels
         self.channel_mix = nn.Sequential(nn.Conv2d(dim, dim, 1), nn.GELU(), nn.BatchNorm2d(dim))
         self.spatial = nn.Sequential(ChannelDeformConv(dim), nn.GELU(), nn.BatchNorm2d(dim))
 
@@ -83,8 +84,9 @@ class LinearNorm(nn.Module):
     """Per-position Linear and LayerNorm on a map: official order Linear -> LN, the paper's
     (eq. 1) LN -> Linear."""
 
-    def __init__(self, cin: int, dim: int, norm_first: bool = False):
+    def __init__(self, in_channels: int, dim: int, norm_first: bool = False):
         super().__init__()
+        cin = in_channels
         self.norm_first = norm_first
         self.norm = nn.LayerNorm(cin if norm_first else dim)
         self.linear = nn.Linear(cin, dim)
@@ -173,8 +175,9 @@ class TaskInteraction(nn.Module):
     """Task interaction block (paper eqs. 7-9): attention over the concatenated deformed tokens,
     then sMLP (shared by all tasks); no residual. ``prenorm`` adds the paper's LayerNorm."""
 
-    def __init__(self, dim: int, heads: int, over: str = "self", prenorm: bool = False):
+    def __init__(self, in_channels: int, heads: int, over: str = "self", prenorm: bool = False):
         super().__init__()
+        dim = in_channels
         self.norm = nn.LayerNorm(dim) if prenorm else None
         self.task_fusion = TokenAttention(dim, heads, over)
         self.smlp = small_mlp(dim)
@@ -196,8 +199,9 @@ class TaskQuery(nn.Module):
     """Task query block (paper eqs. 10-12): the task's deformed tokens query the interacted tokens
     of all tasks; sMLP; residual on the deformed tokens. ``prenorm`` adds the paper's LayerNorms."""
 
-    def __init__(self, dim: int, heads: int, over: str = "tasks", prenorm: bool = False):
+    def __init__(self, in_channels: int, heads: int, over: str = "tasks", prenorm: bool = False):
         super().__init__()
+        dim = in_channels
         self.norm_q = nn.LayerNorm(dim) if prenorm else None
         self.norm_kv = nn.LayerNorm(dim) if prenorm else None
         self.task_query = TokenAttention(dim, heads, over)
@@ -216,11 +220,12 @@ class TaskQuery(nn.Module):
 
 class RatioHead(nn.Module):
     """The official per-task prediction: 3x3 Conv(no bias)-BN-ReLU bottleneck, 1x1 logits with
-    N(0, 0.01) weights and zero bias. ``features`` (the aggregated backbone map) only fixed
-    ``width`` when the model was built."""
+    N(0, 0.01) weights and zero bias. The bottleneck is ``features_channels // ratio`` wide:
+    ``features`` (the aggregated backbone map) only sets that width when the model is built."""
 
-    def __init__(self, cin: int, width: int, channels: int):
+    def __init__(self, in_channels: int, features_channels: int, out_channels: int, ratio: int = 8):
         super().__init__()
+        cin, width, channels = in_channels, features_channels // ratio, out_channels
         self.bottleneck = nn.Sequential(nn.Conv2d(cin, width, 3, padding=1, bias=False),
                                         nn.BatchNorm2d(width), nn.ReLU())
         self.final_logits = nn.Conv2d(width, channels, 1)

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .common import ConvBnAct
+
 
 def init_stage_weights(module: nn.Module) -> None:
     """The official stage init: Linear trunc-normal(0.02) with zero bias, LN/BN ones and zeros."""
@@ -32,8 +34,9 @@ def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 class EfaEmbed(nn.Module):
     """Encoder-feature embedding: a 3x3 conv, or a 3x3 transposed conv that doubles the grid."""
 
-    def __init__(self, cin: int, cout: int, up: int = 1, level: int = -1):
+    def __init__(self, in_channels: int, channels: int, up: int = 1, level: int = -1):
         super().__init__()
+        cin, cout = in_channels, channels
         self.level = level
         if up == 2:
             self.proj = nn.ConvTranspose2d(cin, cout, 3, stride=2, padding=1, output_padding=1)
@@ -60,12 +63,17 @@ class DecoderInput(nn.Module):
         return resize(x, (h // self.factor, w // self.factor))
 
 
+def preliminary_decoder(in_channels: int, channels: int) -> nn.Sequential:
+    """A task's preliminary decoder: 3x3 Conv-BN-ReLU keeping the width, then to ``channels``."""
+    return nn.Sequential(ConvBnAct(in_channels, in_channels, 3), ConvBnAct(in_channels, channels, 3))
+
+
 class TaskMix(nn.Module):
     """1x1 conv over the channel concat of a task's features and its preliminary prediction."""
 
-    def __init__(self, feature_channels: int, pred_channels: int, cout: int):
+    def __init__(self, feature_channels: int, pred_channels: int, channels: int):
         super().__init__()
-        self.proj = nn.Conv2d(feature_channels + pred_channels, cout, 1)
+        self.proj = nn.Conv2d(feature_channels + pred_channels, channels, 1)
 
     def forward(self, feature: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
         return self.proj(torch.cat([feature, pred], dim=1))
@@ -74,8 +82,9 @@ class TaskMix(nn.Module):
 class UpEmbed(nn.Module):
     """Bilinear x2, then two dilated (d=2) 3x3 Conv-BN-ReLU; plus the EFA map when one is given."""
 
-    def __init__(self, cin: int, cout: int, dilation: int = 2, task: str = ""):
+    def __init__(self, in_channels: int, channels: int, dilation: int = 2, task: str = ""):
         super().__init__()
+        cin, cout = in_channels, channels
         self.task = task
         self.proj = nn.Sequential(
             nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
@@ -209,9 +218,11 @@ class InvPTTransformerBlock(nn.Module):
     stochastic-depth rate is linspace(0, 0.15, 1) = 0: there is no drop path.
     """
 
-    def __init__(self, tasks: list[str], dim: int, heads: int, kv_pool: int, query_stride: int = 2,
-                 mlp_ratio: float = 4.0, amp: str | None = "conv", scale: str = "stage"):
+    def __init__(self, tasks: list[str], in_channels: int, heads: int, kv_pool: int,
+                 query_stride: int = 2, mlp_ratio: float = 4.0, amp: str | None = "conv",
+                 scale: str = "stage"):
         super().__init__()
+        dim = in_channels
         self.tasks = list(tasks)
         self.query_stride = query_stride
         self.norm1 = nn.LayerNorm(dim)
@@ -249,10 +260,10 @@ class InvPTTransformerBlock(nn.Module):
 class JointTaskNorm(nn.Module):
     """LayerNorm over the channels of all tasks together at each position, split back per task."""
 
-    def __init__(self, tasks: list[str], channels: int):
+    def __init__(self, tasks: list[str], in_channels: int):
         super().__init__()
         self.tasks = list(tasks)
-        self.norm = nn.LayerNorm(channels * len(self.tasks))
+        self.norm = nn.LayerNorm(in_channels * len(self.tasks))
 
     def forward(self, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         joint = torch.cat([x[t] for t in self.tasks], dim=1)

@@ -24,8 +24,10 @@ def prior_branch(cin: int, dim: int, groups: int, norm: bool) -> nn.Sequential:
 class TaskPriorExtractor(nn.Module):
     """F_tp^t = specific_t(x) + inject(x) (paper eqs. 1-3)."""
 
-    def __init__(self, cin: int, dim: int, tasks: list[str], groups: int = 2, norm: bool = False):
+    def __init__(self, in_channels: int, dim: int, tasks: list[str], groups: int = 2,
+                 norm: str = "none"):
         super().__init__()
+        cin, norm = in_channels, norm == "bn"
         self.specific_tasks = nn.ModuleDict({t: prior_branch(cin, dim, groups, norm) for t in tasks})
         self.inject_prior = prior_branch(cin, dim, groups, norm)
 
@@ -47,9 +49,10 @@ class AdaptiveTaskMixing(nn.Module):
     with its own LayerNorm (paper eq. 4).
     """
 
-    def __init__(self, dim: int, tasks: int, positions: int, ratio: float = 0.0005):
+    def __init__(self, in_channels: int, tasks: int | list[str], positions: int,
+                 ratio: float = 0.0005):
         super().__init__()
-        width = dim * tasks
+        width = in_channels * (tasks if isinstance(tasks, int) else len(tasks))
         hidden = spatial_hidden(positions, ratio)
         self.positions = positions
         self.norm = nn.LayerNorm(width)
@@ -75,9 +78,9 @@ class CrossAttention(nn.Module):
     """Per-task cross attention (paper eqs. 9-11) with one attention shared by its two calls:
     x = F_tp + F + MHA(F, F, F) + MHA(F_tp, F, F)."""
 
-    def __init__(self, dim: int, heads: int, over: str = "self"):
+    def __init__(self, in_channels: int, heads: int, over: str = "self"):
         super().__init__()
-        self.attn = TokenAttention(dim, heads, over)
+        self.attn = TokenAttention(in_channels, heads, over)
 
     def forward(self, feature: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
         h, w = feature.shape[-2:]
@@ -91,8 +94,9 @@ class SharedMlp(nn.Module):
     """x + mlp(norm2(x)) for every task with one ``mlp`` and one ``norm2`` (released code; paper
     eq. 12). mlp = [LN, Linear(D -> ratio*D), GELU, Linear(-> D)]."""
 
-    def __init__(self, dim: int, ratio: int = 2):
+    def __init__(self, in_channels: int, ratio: int = 2):
         super().__init__()
+        dim = in_channels
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, ratio * dim), nn.GELU(),
                                  nn.Linear(ratio * dim, dim))

@@ -1,0 +1,117 @@
+"""The spec commands of ``mtl-dsl``: check, compile, render and blocks. None imports torch
+before it runs (``check``, ``render`` and ``blocks`` never do)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import Diagnostic, SpecError
+from .options import add_spec_arguments, spec_kwargs
+
+
+# -- commands -------------------------------------------------------------------------------------
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from ..api import check_spec
+
+    graph = check_spec(args.spec, **spec_kwargs(args))
+    ir = graph.ir
+    print(f"{ir.file}: model '{ir.name}' is well-formed: {len(ir.nodes)} nodes, "
+          f"{len(ir.outputs)} outputs for {len(ir.tasks)} tasks "
+          f"({', '.join(t.name for t in ir.tasks)}), input {ir.input_size[0]}x{ir.input_size[1]}")
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from ..api import check_spec
+
+    graph = check_spec(args.spec, **spec_kwargs(args))
+    if args.emit:
+        for target in args.emit:
+            _emit(graph, target)
+        if args.emit_only:
+            return 0
+    from ..summary import print_summary
+
+    print_summary(graph, batch=args.batch, count_flops=not args.no_flops)
+    return 0
+
+
+def _emit(graph: Any, target: str) -> None:
+    path = Path(target)
+    if path.suffix == ".json":
+        path.write_text(graph.ir.to_json())
+    elif path.suffix == ".dot":
+        from ..render import to_dot
+
+        path.write_text(to_dot(graph))
+    elif path.suffix == ".svg":
+        from ..render import to_svg
+
+        path.write_text(to_svg(graph))
+    else:
+        raise SpecError(Diagnostic("--emit", 1, 1, f"cannot emit '{target}': use a .json, .dot "
+                                                   f"or .svg file name", source_line=target))
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from ..api import check_spec
+    from ..render import render_spec
+
+    print(render_spec(check_spec(args.spec, **spec_kwargs(args))))
+    return 0
+
+
+def cmd_blocks(args: argparse.Namespace) -> int:
+    from ..blocks import REGISTRY
+
+    names = sorted(REGISTRY, key=lambda n: (REGISTRY[n].family, n))
+    if args.name:
+        missing = [n for n in args.name if n not in REGISTRY]
+        if missing:
+            from ..errors import did_you_mean
+
+            raise SpecError([Diagnostic("blocks", 1, 1, f"unknown block '{m}'",
+                                        did_you_mean(m, REGISTRY)) for m in missing])
+        names = args.name
+    family = None
+    for name in names:
+        block = REGISTRY[name]
+        if block.family != family and not args.name:
+            family = block.family
+            print(f"\n== {family} ==")
+        print(f"{block.signature()}")
+        if block.doc:
+            print(f"    {block.doc}")
+        if args.name:
+            for arg_name, spec in block.args.items():
+                doc = getattr(spec, "doc", "")
+                print(f"    {arg_name}: {spec.type_name()}  {doc}")
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("check", help="parse and shape-check a spec without building weights")
+    add_spec_arguments(p)
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("compile", help="check a spec, build the model, print a table per node")
+    add_spec_arguments(p)
+    p.add_argument("--emit", action="append", default=[], metavar="FILE",
+                   help="also write ir.json, graph.dot or graph.svg (repeatable)")
+    p.add_argument("--emit-only", action="store_true", help="write --emit files and stop")
+    p.add_argument("--batch", type=int, default=1, help="batch size for the FLOP count")
+    p.add_argument("--no-flops", action="store_true", help="skip counting multiply-adds")
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("render", help="print the spec with imports, blocks, loops and parameters "
+                                      "resolved")
+    add_spec_arguments(p)
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("blocks", help="list the registered blocks with their signatures")
+    p.add_argument("name", nargs="*", help="show these blocks' arguments in detail")
+    p.set_defaults(func=cmd_blocks)
