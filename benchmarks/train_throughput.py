@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mtl_dsl.runtime.config import load_config  # noqa: E402
-from mtl_dsl.runtime.train import run_training  # noqa: E402
+from mtl_dsl.runtime.launch import run_training  # noqa: E402
 
 
 def tasks_for(spec: str) -> str:

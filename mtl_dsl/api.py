@@ -128,6 +128,18 @@ def compile_model(spec: str | Path, tasks: str | TaskProfile | None = None,
     return compile_graph(check_spec(spec, tasks, overrides, preset, input_size, model))
 
 
+def build_model(spec: Any, tasks: str | TaskProfile | None = None,
+                overrides: dict[str, Any] | None = None, preset: str | None = None,
+                input_size: tuple[int, int] | None = None) -> Any:
+    """The model of a spec (a path or built-in name: ``compile_model``) or of a model factory, a
+    callable ``factory(profile, input_size)`` returning an ``nn.Module`` with the compiled model's
+    output format (what the training runtime accepts in place of a spec)."""
+    if callable(spec) and not isinstance(spec, (str, Path)):
+        profile = resolve_profile(tasks)
+        return spec(profile, tuple(input_size) if input_size is not None else profile.input_size)
+    return compile_model(str(spec), tasks, overrides, preset, input_size)
+
+
 def compile_ir(ir: ModelIR) -> "CompiledModel":
     from .compiler import compile_graph
 

@@ -33,6 +33,17 @@ _AUX_CHANNELS: dict[str, int | None] = {
 KNOWN_TASKS: tuple[str, ...] = tuple(_FINAL_CHANNELS)
 MAX_CLASSES = 10_000
 
+# The label contract of every dataset and loss: 255 marks a pixel without ground truth (class maps,
+# depth, normals in all channels, edge padding), as in the ATRC code base (brdav/atrc,
+# src/data/*.py and src/model/criterion.py, ``ignore_index=255``).
+IGNORE_INDEX = 255
+# ImageNet mean and standard deviation of RGB in [0, 1], used to normalise every input image
+# (torchvision's and timm's IMAGENET_DEFAULT_MEAN / IMAGENET_DEFAULT_STD).
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+# The datasets the runtime reads; each has the task profile of the same name below.
+DATASETS: tuple[str, ...] = ("synthetic", "nyud", "pascal")
+
 
 class TaskSpec(BaseModel):
     """One task of the model: its name (also its kind) and its output channels."""

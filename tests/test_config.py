@@ -135,3 +135,43 @@ def test_commands_module_imports_neither_torch_nor_ray():
             "p = argparse.ArgumentParser(); c.register(p.add_subparsers()); "
             "assert 'torch' not in sys.modules and 'ray' not in sys.modules, 'heavy import'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def _runtime_imports() -> dict[str, set[str]]:
+    """Every import (module level or inside a function) between the runtime's modules."""
+    import ast
+
+    import mtl_dsl.runtime as runtime
+
+    folder = Path(runtime.__file__).parent
+    names = {p.stem for p in folder.glob("*.py") if p.stem != "__init__"}
+    graph: dict[str, set[str]] = {}
+    for name in names:
+        edges = graph.setdefault(name, set())
+        for node in ast.walk(ast.parse((folder / f"{name}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                targets = [node.module] if node.module else [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mtl_dsl.runtime."):
+                targets = [node.module.split(".")[2]]
+            else:
+                continue
+            edges.update(t.split(".")[0] for t in targets if t.split(".")[0] in names)
+    return graph
+
+
+def test_runtime_modules_import_each_other_without_cycles():
+    graph = _runtime_imports()
+    assert graph["commands"] >= {"launch", "config"} and "commands" not in graph["search"]
+    state: dict[str, int] = {}
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = 1
+        for target in sorted(graph[name]):
+            assert state.get(target) != 1, "import cycle: " + " -> ".join(path + [name, target])
+            if target not in state:
+                visit(target, path + [name])
+        state[name] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [])

@@ -11,7 +11,9 @@ import torch.nn.functional as F
 
 from mtl_dsl.runtime.checkpoints import load_checkpoint, read_meta
 from mtl_dsl.runtime.config import load_config
-from mtl_dsl.runtime.train import NonFiniteLoss, SimulatedCrash, TrainingError, run_training
+from mtl_dsl.runtime.callbacks import CrashAfterStep, PoisonLoss, SimulatedCrash
+from mtl_dsl.runtime.failures import NonFiniteLoss, TrainingError
+from mtl_dsl.runtime.launch import run_training
 
 TINY_BASELINE = {"backbone": "resnet18", "levels": [1, 2], "dim": 16}
 
@@ -81,7 +83,7 @@ def test_resume_after_a_crash_ends_with_the_same_weights(tmp_path):
     crashed_cfg = _config(tmp_path, "crashed")
     with pytest.raises(SimulatedCrash):  # dies after step 8; the last checkpoint is step 6
         run_training(TinyNet, crashed_cfg, plain=True, progress=_quiet,
-                     fault={"step": 8, "rank": 0, "marker": str(tmp_path / "crashed.marker")})
+                     callbacks=[CrashAfterStep(8, tmp_path / "crashed.marker", rank=0)])
     with pytest.raises(Exception, match="already has checkpoints; pass --resume"):
         run_training(TinyNet, crashed_cfg, plain=True, progress=_quiet)
     notes = []
@@ -145,19 +147,19 @@ def test_ray_two_workers_recover_from_a_worker_crash_and_eval_loads_the_checkpoi
         "run": {"storage": str(tmp_path), "name": "ray", "workers": 2, "max_failures": 1}})
     import ray
 
-    from mtl_dsl.runtime.train import _start_ray
+    from mtl_dsl.runtime.launch import start_ray
 
-    _start_ray(cfg, verbose=False, workers=2)  # one Ray instance for both runs below
+    start_ray(cfg, verbose=False, workers=2)  # one Ray instance for both runs below
     try:
         records = []
         result = run_training("baseline_mt", cfg, progress=records.append,
-                              fault={"step": 5, "rank": 1, "marker": str(tmp_path / "crash.marker"), "hard": True})
+                              callbacks=[CrashAfterStep(5, tmp_path / "crash.marker", rank=1, hard=True)])
         # A NaN seen by rank 0 only reaches rank 1 through the all-reduced losses: both stop at
         # the same step, and Ray's failure handling does not retry the run.
         nan_cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"name": "nan", "max_failures": 2})})
         with pytest.raises(TrainingError, match=r"^loss of task 'depth' is nan at step 3; training stopped"):
             run_training("baseline_mt", nan_cfg, progress=_quiet,
-                         fault={"nan_task": "depth", "nan_step": 3, "rank": 0})
+                         callbacks=[PoisonLoss("depth", step=3, rank=0)])
         assert read_meta(tmp_path / "nan" / "step_00000002")["step"] == 2  # the last good one
     finally:
         ray.shutdown()

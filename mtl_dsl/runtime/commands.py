@@ -128,7 +128,8 @@ def build_config(args: argparse.Namespace):
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = build_config(args)
-    from .train import TrainingError, run_training
+    from .failures import TrainingError
+    from .launch import run_training
 
     try:
         result = run_training(args.spec, cfg, resume=args.resume, plain=args.plain, verbose=args.verbose)
@@ -142,14 +143,22 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    try:
-        from . import search
-    except ImportError:
-        from ..errors import simple_error
+    """``mtl-dsl search SPEC [--config run.yaml] ...``: the flags of ``train``; writes
+    ``<spec name>_found.mtl`` beside the spec (built-in specs: in the current folder)."""
+    cfg = build_config(args)
+    from .failures import TrainingError
+    from .search import format_choice, search
 
-        raise simple_error("search", "architecture search is not available in this installation "
-                                     "(mtl_dsl.runtime.search is missing)") from None
-    return int(search.run_search(args) or 0)
+    try:
+        result = search(args.spec, cfg, resume=args.resume, plain=args.plain, verbose=args.verbose)
+    except TrainingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    for choice in result.choices:
+        print(format_choice(choice))
+    print(f"done: {result.step} steps; genotype {result.run_dir / 'atrc_genotype.json'}; "
+          f"found architecture {result.found_spec} (retrain it: mtl-dsl train {result.found_spec})")
+    return 0
 
 
 def _eval_config(args: argparse.Namespace):

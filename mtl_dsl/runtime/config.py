@@ -17,13 +17,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import SpecError, did_you_mean, simple_error
-from ..tasks import PROFILES, TaskError, TaskProfile, resolve_tasks
+from ..tasks import DATASETS, PROFILES, TaskError, TaskProfile, resolve_tasks
 
 # The official per-task loss weights (models.md §2.3; identical for ATRC/DeMT/TPANet/InvPT).
 OFFICIAL_LOSS_WEIGHTS: dict[str, float] = {
     "semseg": 1.0, "human_parts": 2.0, "sal": 5.0, "normals": 10.0, "depth": 1.0, "edge": 50.0,
 }
-DATASETS = ("synthetic", "nyud", "pascal")
+DatasetName = Literal[DATASETS]  # type: ignore[valid-type]
 PRESET_DIRS = (Path(__file__).resolve().parents[2] / "configs",
                Path(__file__).resolve().parents[1] / "configs")
 
@@ -33,7 +33,7 @@ class _Section(BaseModel):
 
 
 class DatasetConfig(_Section):
-    name: Literal["synthetic", "nyud", "pascal"] = "synthetic"
+    name: DatasetName = "synthetic"
     root: Optional[str] = None  # the dataset folder; required for nyud and pascal
     data_workers: int = Field(0, ge=0, le=64)  # DataLoader worker processes per training worker
     length: Optional[int] = Field(None, ge=1)  # synthetic only: images in the train split
@@ -53,7 +53,7 @@ class OptimizerConfig(_Section):
     name: Literal["sgd", "adam", "adamw"] = "adam"
     lr: float = Field(1e-3, gt=0.0)
     # Per-dataset learning rates of a recipe (ATRC: 0.01 on NYUD, 0.005 on PASCAL); wins over lr.
-    lr_per_dataset: dict[Literal["synthetic", "nyud", "pascal"], float] = Field(default_factory=dict)
+    lr_per_dataset: dict[DatasetName, float] = Field(default_factory=dict)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)  # SGD only
     betas: tuple[float, float] = (0.9, 0.999)  # Adam/AdamW only
     weight_decay: float = Field(0.0, ge=0.0)  # Adam: coupled L2 (as InvPT); AdamW: decoupled
@@ -154,6 +154,11 @@ class RunConfig(_Section):
         if total is None:
             return self.training.batch_size
         return max(1, total // self.run.workers)
+
+    def model_arguments(self) -> dict[str, Any]:
+        """The keyword arguments of ``mtl_dsl.api.build_model`` / ``check_spec`` for this run."""
+        return {"tasks": self.profile(), "overrides": dict(self.model.overrides) or None,
+                "preset": self.model.preset, "input_size": self.input_size()}
 
     def dump(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

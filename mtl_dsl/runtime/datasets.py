@@ -48,11 +48,10 @@ from typing import Callable
 import numpy as np
 from torch.utils.data import Dataset, default_collate
 
-from ..tasks import PROFILES, TaskProfile, resolve_tasks
-from .transforms import TestTransform, TrainTransform, sample_rng
+from ..tasks import IGNORE_INDEX, PROFILES, TaskProfile, resolve_tasks
+from .sampling import sample_rng
+from .transforms import TestTransform, TrainTransform
 
-IGNORE = 255
-DATASET_INPUT_SIZES = {"nyud": (425, 560), "pascal": (512, 512)}
 RESOURCES = Path(__file__).resolve().parent.parent / "resources"
 
 # PASCAL-Part names of the person category (15) -> the 6 coarse parts of the multi-task benchmark.
@@ -299,7 +298,7 @@ class NYUDv2(FolderDataset):
         if "semseg" in files:
             seg = read_label_png(files["semseg"])
             # Class 0 (unlabelled) is ignored; the 40 classes become 0..39.
-            raw["semseg"] = np.where(seg == 0, IGNORE, seg - 1)[..., None].astype(np.float32)
+            raw["semseg"] = np.where(seg == 0, IGNORE_INDEX, seg - 1)[..., None].astype(np.float32)
         if "depth" in files:
             raw["depth"] = _channel(read_npy(files["depth"]), 1, files["depth"])
         if "normals" in files:
@@ -429,9 +428,37 @@ def build_dataset(name: str, root: str | Path | None, split: str, profile: TaskP
                                 seed=seed, tasks=resolved, augment=augment, cache=cache)
     if name not in _FOLDER_DATASETS:
         raise DatasetError(f"unknown dataset '{name}' (known: synthetic, nyud, pascal)")
-    size = input_size or DATASET_INPUT_SIZES[name]
+    size = input_size or PROFILES[name].input_size
     return _FOLDER_DATASETS[name](root, split, resolved, size, augment, seed)
 
 
-__all__ = ["DatasetError", "NYUDv2", "PascalContext", "build_dataset", "collate_samples", "thin",
-           "label_boundaries", "DATASET_INPUT_SIZES"]
+def open_dataset(cfg, split: str, augment: bool = False) -> Dataset:
+    """The ``split`` of the run config's dataset, for its task profile and input size."""
+    extra = {}
+    if cfg.dataset.name == "synthetic":
+        length = cfg.dataset.length if split == "train" else cfg.dataset.val_length
+        extra = {"length": length, "cache": cfg.dataset.cache}
+    return build_dataset(cfg.dataset.name, cfg.dataset.root, split, cfg.profile(), cfg.input_size(),
+                         augment, cfg.training.seed, **extra)
+
+
+def check_dataset(cfg) -> None:
+    """Open the training split once (on the driver), so that a bad folder layout fails before any
+    worker starts; raises ``SpecError`` naming the folder."""
+    from ..errors import SpecError, simple_error
+
+    try:
+        dataset = open_dataset(cfg, "train")
+    except SpecError:
+        raise
+    except (DatasetError, FileNotFoundError, ValueError, OSError) as exc:
+        raise simple_error(cfg.dataset.root or "<config>",
+                           str(exc).splitlines()[0] if str(exc) else repr(exc)) from None
+    if len(dataset) < cfg.per_worker_batch() * cfg.run.workers:
+        raise simple_error(cfg.dataset.root or "<dataset>",
+                           f"the training split has {len(dataset)} images, fewer than one batch "
+                           f"({cfg.per_worker_batch()} x {cfg.run.workers} workers)")
+
+
+__all__ = ["DatasetError", "open_dataset", "check_dataset", "NYUDv2", "PascalContext", "build_dataset", "collate_samples", "thin",
+           "label_boundaries"]

@@ -13,14 +13,13 @@ from ..errors import simple_error
 from .config import RunConfig
 
 
-def make_eval_loader(cfg: RunConfig, profile, input_size, rank: int = 0, world: int = 1,
-                     workers: int = 0, batch_size: Optional[int] = None):
+def make_eval_loader(cfg: RunConfig, rank: int = 0, world: int = 1, workers: int = 0,
+                     batch_size: Optional[int] = None):
     from torch.utils.data import DataLoader, Subset
 
-    from .datasets import collate_samples
-    from .train import open_dataset
+    from .datasets import collate_samples, open_dataset
 
-    dataset = open_dataset(cfg, "val", profile, input_size, False)
+    dataset = open_dataset(cfg, "val")
     shard = Subset(dataset, list(range(rank, len(dataset), world)))  # no padding: no double counting
     return DataLoader(shard, batch_size=batch_size or cfg.per_worker_batch(), shuffle=False,
                       num_workers=workers, collate_fn=collate_samples)
@@ -71,8 +70,8 @@ def evaluate_model(model, loader, profile, dataset_name: str, device, world: int
 
 def load_trained_model(spec: Any, checkpoint: str | Path, config: RunConfig | None = None):
     """(model with the checkpoint's weights, run config, checkpoint) — refuses a graph mismatch."""
+    from ..api import build_model
     from .checkpoints import load_checkpoint, load_model_weights
-    from .train import build_model
 
     loaded = load_checkpoint(checkpoint, with_state=False)
     if config is None:
@@ -80,7 +79,7 @@ def load_trained_model(spec: Any, checkpoint: str | Path, config: RunConfig | No
             config = RunConfig.model_validate(loaded.meta["run_config"])
         except Exception as exc:  # noqa: BLE001 - an old or edited meta.json
             raise simple_error(str(loaded.path / "meta.json"), f"run config in checkpoint is invalid: {exc}") from None
-    model = build_model(spec, config)
+    model = build_model(spec, **config.model_arguments())
     load_model_weights(model, loaded)
     model.eval()
     return model, config, loaded
@@ -104,7 +103,7 @@ def run_eval(spec: Any, checkpoint: str | Path, config: RunConfig | None = None,
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(dev)
     profile = cfg.profile()
-    loader = make_eval_loader(cfg, profile, cfg.input_size())
+    loader = make_eval_loader(cfg)
     metrics = evaluate_model(model, loader, profile, cfg.dataset.name, dev, max_batches=max_batches)
     table = format_metrics_table(metrics, base, split="val") or ""
     if base is not None:
@@ -167,6 +166,8 @@ def load_image(path: Path, size: tuple[int, int]):
     import torch
     from PIL import Image, UnidentifiedImageError
 
+    from .transforms import normalize
+
     try:
         with Image.open(path) as img:
             rgb = img.convert("RGB")
@@ -174,10 +175,8 @@ def load_image(path: Path, size: tuple[int, int]):
         raise simple_error(str(path), f"cannot read image {path}: {exc}") from None
     original = rgb.size
     rgb = rgb.resize((size[1], size[0]), Image.BILINEAR)
-    array = np.asarray(rgb, dtype=np.float32) / 255.0
-    mean = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-    std = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-    tensor = torch.from_numpy(((array - mean) / std).transpose(2, 0, 1).copy())
+    array = normalize(np.asarray(rgb, dtype=np.float32))
+    tensor = torch.from_numpy(array.transpose(2, 0, 1).copy())
     return tensor, original
 
 

@@ -21,7 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-IGNORE = 255
+from ..tasks import IGNORE_INDEX
+
 DEPTH_BINS = 40
 DEPTH_MIN, DEPTH_MAX = 0.7, 10.0  # ATRC's log-spaced depth bins (models.md §4.3)
 RESOURCES = Path(__file__).resolve().parents[1] / "resources"
@@ -34,8 +35,8 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tens
     Same value as ``F.cross_entropy(..., ignore_index=255)``, but 0 (with a gradient path) when no
     pixel is valid instead of NaN.
     """
-    per_pixel = F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE, reduction="none")
-    valid = target != IGNORE
+    per_pixel = F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE_INDEX, reduction="none")
+    valid = target != IGNORE_INDEX
     if weight is None:
         denom = valid.sum()
     else:
@@ -46,7 +47,7 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tens
 
 def balanced_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """ATRC's saliency loss: two-class CE with class weights [1 - w, w], w = #negatives / #valid."""
-    valid = target != IGNORE
+    valid = target != IGNORE_INDEX
     n_valid = valid.sum().clamp(min=1)
     w_pos = ((target == 0) & valid).sum().to(logits.dtype) / n_valid.to(logits.dtype)
     weight = torch.stack([1.0 - w_pos, w_pos]).detach()
@@ -55,20 +56,20 @@ def balanced_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.
 
 def depth_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """L1 over valid depth pixels (target != 255)."""
-    valid = target != IGNORE
+    valid = target != IGNORE_INDEX
     return ((pred - target).abs() * valid).sum() / valid.sum().clamp(min=1)
 
 
 def normals_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """L1 between the L2-normalised prediction and the GT, summed over channels, / #valid pixels."""
-    valid = (target != IGNORE).all(dim=1, keepdim=True)
+    valid = (target != IGNORE_INDEX).all(dim=1, keepdim=True)
     unit = F.normalize(pred, p=2, dim=1)
     return ((unit - target).abs() * valid).sum() / valid.sum().clamp(min=1)
 
 
 def weighted_bce(logits: torch.Tensor, target: torch.Tensor, pos_weight: float) -> torch.Tensor:
     """-w·y·log σ(x) - (1-w)(1-y)·log(1-σ(x)), mean over non-padding pixels."""
-    valid = target != IGNORE
+    valid = target != IGNORE_INDEX
     y = torch.where(valid, target, torch.zeros_like(target))
     weight = (pos_weight * y + (1.0 - pos_weight) * (1.0 - y)) * valid
     per_pixel = F.binary_cross_entropy_with_logits(logits, y, weight=weight, reduction="none")
@@ -81,10 +82,10 @@ def weighted_bce(logits: torch.Tensor, target: torch.Tensor, pos_weight: float) 
 def depth_bins(depth: torch.Tensor) -> torch.Tensor:
     """[B,1,H,W] depth -> [B,H,W] long: floor(40·ln(d/0.7)/ln(10/0.7)) clipped to 0..39; 255 kept."""
     d = depth[:, 0]
-    valid = d != IGNORE
+    valid = d != IGNORE_INDEX
     scaled = torch.log(d.clamp(min=1e-6) / DEPTH_MIN) * (DEPTH_BINS / math.log(DEPTH_MAX / DEPTH_MIN))
     bins = scaled.floor().clamp(0, DEPTH_BINS - 1).long()
-    return torch.where(valid, bins, torch.full_like(bins, IGNORE))
+    return torch.where(valid, bins, torch.full_like(bins, IGNORE_INDEX))
 
 
 @lru_cache(maxsize=4)
@@ -101,12 +102,12 @@ def load_centroids(name: str) -> np.ndarray:
 
 def normals_clusters(normals: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     """[B,3,H,W] GT normals -> [B,H,W] index of the nearest centroid (Euclidean); 255 where invalid."""
-    valid = (normals != IGNORE).all(dim=1)
+    valid = (normals != IGNORE_INDEX).all(dim=1)
     b, _, h, w = normals.shape
     flat = normals.permute(0, 2, 3, 1).reshape(-1, 3).to(centroids.dtype)
     dist = torch.cdist(flat, centroids)
     labels = dist.argmin(dim=1).view(b, h, w)
-    return torch.where(valid, labels, torch.full_like(labels, IGNORE))
+    return torch.where(valid, labels, torch.full_like(labels, IGNORE_INDEX))
 
 
 def edge_labels(edge: torch.Tensor) -> torch.Tensor:

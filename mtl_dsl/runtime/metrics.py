@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-IGNORE = 255
+from ..tasks import IGNORE_INDEX
+
 HIGHER, LOWER = "higher", "lower"
 METRIC_DIRECTIONS: dict[str, str] = {
     "semseg/mIoU": HIGHER,
@@ -99,7 +100,7 @@ class MeanIoU(TaskMetric):
         if pred.shape[1] != self.num_classes:
             raise ValueError(f"{self.task}: prediction has {pred.shape[1]} channels, expected {self.num_classes}")
         label = pred.argmax(dim=1)
-        valid = target != IGNORE
+        valid = target != IGNORE_INDEX
         p, t = label[valid], target[valid].long()
         if t.numel() and (t.min() < 0 or t.max() >= self.num_classes):
             raise ValueError(f"{self.task}: ground truth label {int(t.max())} outside 0..{self.num_classes - 1} (and not 255)")
@@ -126,7 +127,7 @@ class DepthRMSE(TaskMetric):
                       "pixels": torch.zeros((), dtype=torch.float64)}
 
     def update(self, pred, target, meta=None):
-        valid = target != IGNORE
+        valid = target != IGNORE_INDEX
         err = (pred.clamp(min=0).double() - target.double())[valid]
         self._add("squared_error", (err * err).sum())
         self._add("pixels", torch.tensor(float(valid.sum())))
@@ -166,7 +167,7 @@ class NormalsError(TaskMetric):
                       "histogram": torch.zeros(NORMAL_HIST_BINS, dtype=torch.float64)}
 
     def update(self, pred, target, meta=None):
-        valid = (target != IGNORE).all(dim=1)
+        valid = (target != IGNORE_INDEX).all(dim=1)
         angle = angular_error_deg(pred, target)[valid]
         self._add("angle_sum", angle.sum())
         self._add("pixels", torch.tensor(float(angle.numel())))
@@ -214,7 +215,7 @@ class SaliencyMaxF(TaskMetric):
 
     def update(self, pred, target, meta=None):
         prob = pred.float().softmax(dim=1)[:, 1] if pred.shape[1] == 2 else pred.float().sigmoid()[:, 0]
-        valid = target != IGNORE
+        valid = target != IGNORE_INDEX
         p, t = prob[valid], target[valid].double()
         self._add("true_positives", _counts_at_or_above(p, SAL_STEPS, weights=t))
         self._add("predicted_positives", _counts_at_or_above(p, SAL_STEPS))
@@ -282,7 +283,7 @@ class BoundaryOdsF(TaskMetric):
                 h, w = meta[b]["size"]
                 top, left = (p.shape[0] - h) // 2, (p.shape[1] - w) // 2
                 p, g = p[top:top + h, left:left + w], g[top:top + h, left:left + w]
-            valid = g != IGNORE
+            valid = g != IGNORE_INDEX
             boundary = (g == 1) & valid
             radius = self.max_dist * math.hypot(*p.shape)
             p = torch.where(valid, p, torch.full_like(p, -1.0))

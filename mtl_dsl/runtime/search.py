@@ -165,7 +165,7 @@ def _row_start(text: str, key_start: int) -> int:
     raise ValueError("table row not found")
 
 
-def _format_choice(c: PairChoice) -> str:
+def format_choice(c: PairChoice) -> str:
     probs = ", ".join(f"{k} {v:.3f}" for k, v in c.probabilities.items())
     return f"{c.target} <- {c.source}: {c.chosen}{' (frozen)' if c.frozen else ''}  [{probs}]"
 
@@ -247,7 +247,7 @@ def rewrite_search_table(source: str, file_entries: list[Any], choices: list[Pai
     comment = [header] if header else []
     comment += ["Found by `mtl-dsl search`: target <- source: chosen context "
                 "[final probabilities of the architecture logits]"]
-    comment += [_format_choice(c) for c in choices]
+    comment += [format_choice(c) for c in choices]
     edits.append((table_at, table_at, "".join(f"# {line}\n{indent}" if line else f"#\n{indent}"
                                               for line in comment)))
     return _apply(source, edits)
@@ -347,14 +347,13 @@ def search(spec: str | Path, config=None, *, output: str | Path | None = None,
     from ..api import compile_model
     from .checkpoints import load_checkpoint, load_model_weights
     from .config import load_config
-    from .train import run_training
+    from .launch import run_training
 
     cfg = config if config is not None else load_config()
     if cfg.training.grad_clip is None:
         cfg = cfg.model_copy(update={"training": cfg.training.model_copy(
             update={"grad_clip": SEARCH_GRAD_CLIP})})
-    spec_kwargs = dict(tasks=cfg.tasks_text(), overrides=dict(cfg.model.overrides) or None,
-                       preset=cfg.model.preset, input_size=cfg.input_size())
+    spec_kwargs = cfg.model_arguments()
     model = compile_model(str(spec), **spec_kwargs)
     if not search_blocks(model):
         raise simple_error(str(spec), f"{spec} has nothing to search: no context table entry is "
@@ -375,28 +374,3 @@ def search(spec: str | Path, config=None, *, output: str | Path | None = None,
     found = write_found_spec(spec, choices, output, note=f"step {checkpoint.step}", **spec_kwargs)
     return SearchResult(found_spec=found, choices=choices, step=checkpoint.step,
                         run_dir=result.run_dir, checkpoint=checkpoint.path, genotype=genotype)
-
-
-def run_search(args) -> int:
-    """``mtl-dsl search SPEC [--config run.yaml] ...``: the flags of ``mtl-dsl train`` (the
-    namespace ``commands`` parses); writes ``<spec name>_found.mtl`` beside the spec (built-in
-    specs: in the current folder; ``args.output`` if the namespace has one)."""
-    import sys
-
-    from .commands import EXIT_FAILED, build_config
-    from .train import TrainingError
-
-    cfg = build_config(args)
-    try:
-        result = search(args.spec, cfg, output=getattr(args, "output", None),
-                        resume=bool(getattr(args, "resume", False)),
-                        plain=bool(getattr(args, "plain", False)),
-                        verbose=bool(getattr(args, "verbose", False)))
-    except TrainingError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    for c in result.choices:
-        print(_format_choice(c))
-    print(f"done: {result.step} steps; genotype {result.run_dir / 'atrc_genotype.json'}; "
-          f"found architecture {result.found_spec} (retrain it: mtl-dsl train {result.found_spec})")
-    return 0

@@ -26,6 +26,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from ..tasks import PROFILES, TaskProfile, resolve_tasks
+from .sampling import sample_rng, seed_sequence
 
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 PART_NAMES = ("background", "top", "upper", "lower")
@@ -313,7 +314,7 @@ def render_sample(seed: int, split: str, index: int, size: tuple[int, int], num_
         raise ValueError(f"unknown split '{split}' for the synthetic dataset (known: {', '.join(SPLIT_CODES)})")
     if num_classes < 2:
         raise ValueError(f"the synthetic dataset needs at least 2 semseg classes, got {num_classes}")
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), SPLIT_CODES[split], int(index)]))
+    rng = np.random.default_rng(seed_sequence(seed, SPLIT_CODES[split], index))
     scene = Scene(rng, (int(size[0]), int(size[1])), num_classes)
     sample = scene.render(rng)
     sample["name"] = f"synthetic-{split}-{seed}-{index:06d}"
@@ -373,7 +374,5 @@ class SyntheticDataset(Dataset):
         return sample
 
     def __getitem__(self, index: int) -> dict:
-        from .transforms import sample_rng
-
         rng = sample_rng(self.seed, self.epoch, index) if self.augment else None
         return self.transform(self.raw(index), self.tasks, rng)

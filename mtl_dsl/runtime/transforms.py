@@ -13,8 +13,8 @@ centred padding to the train size (image 0 after normalisation, labels 255, dept
 then ignore regions (depth 0 -> 255, zero-norm normals -> 255, images without any part label ->
 all-255 parts). Test: normalisation, padding and ignore regions only.
 
-Every random draw comes from the ``numpy.random.Generator`` passed in, so a sample is a pure
-function of (raw sample, generator state).
+Every random draw comes from the ``numpy.random.Generator`` passed in (``sampling.sample_rng``),
+so a sample is a pure function of (raw sample, generator state).
 """
 from __future__ import annotations
 
@@ -24,11 +24,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-IGNORE = 255
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+from ..tasks import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+
+_MEAN = np.array(IMAGENET_MEAN, dtype=np.float32)
+_STD = np.array(IMAGENET_STD, dtype=np.float32)
 # Centre padding fill per key; normals are padded with 0 and become 255 in add_ignore_regions.
-PAD_VALUES = {"image": 0.0, "semseg": IGNORE, "human_parts": IGNORE, "sal": IGNORE, "edge": IGNORE,
+PAD_VALUES = {"image": 0.0, "semseg": IGNORE_INDEX, "human_parts": IGNORE_INDEX, "sal": IGNORE_INDEX, "edge": IGNORE_INDEX,
               "depth": 0.0, "normals": 0.0}
 CLASS_KEYS = ("semseg", "human_parts", "sal")
 ARRAY_KEYS = ("image", "semseg", "human_parts", "sal", "depth", "normals", "edge")
@@ -80,7 +81,7 @@ def _crop_box(shape: tuple[int, ...], size: tuple[int, int], rng: np.random.Gene
 def crop_passes_category_rule(semseg: np.ndarray, cat_max_ratio: float) -> bool:
     """mmseg's rule: at least two labelled classes and none covering >= cat_max_ratio of them."""
     labels, counts = np.unique(semseg, return_counts=True)
-    counts = counts[labels != IGNORE]
+    counts = counts[labels != IGNORE_INDEX]
     return len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio
 
 
@@ -186,7 +187,7 @@ def photometric_distortion(image: np.ndarray, rng: np.random.Generator, brightne
 
 
 def normalize(image: np.ndarray) -> np.ndarray:
-    return ((image.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32)
+    return ((image.astype(np.float32) / 255.0 - _MEAN) / _STD).astype(np.float32)
 
 
 def pad_to(sample: dict, size: tuple[int, int]) -> dict:
@@ -209,17 +210,17 @@ def add_ignore_regions(sample: dict) -> dict:
     out = dict(sample)
     if "depth" in out:
         depth = out["depth"].copy()
-        depth[depth == 0] = IGNORE
+        depth[depth == 0] = IGNORE_INDEX
         out["depth"] = depth
     if "normals" in out:
         normals = out["normals"].copy()
-        normals[np.linalg.norm(normals, axis=-1) == 0] = IGNORE
+        normals[np.linalg.norm(normals, axis=-1) == 0] = IGNORE_INDEX
         out["normals"] = normals
     if "human_parts" in out:
         parts = out["human_parts"]
-        if np.all((parts == 0) | (parts == IGNORE)):
+        if np.all((parts == 0) | (parts == IGNORE_INDEX)):
             # No part annotated in this image: background would be a false label.
-            out["human_parts"] = np.full_like(parts, IGNORE)
+            out["human_parts"] = np.full_like(parts, IGNORE_INDEX)
     return out
 
 
@@ -274,9 +275,3 @@ class TestTransform:
         content = sample["image"].shape[:2]
         sample = add_ignore_regions(pad_to(sample, self.size))
         return to_tensors(sample, tasks, content)
-
-
-def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
-    """The augmentation generator of one sample in one epoch: reproducible under resume and
-    independent of the worker that loads it."""
-    return np.random.default_rng(np.random.SeedSequence([int(seed), int(epoch), int(index), 0xA9]))

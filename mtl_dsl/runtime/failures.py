@@ -1,0 +1,14 @@
+"""The ways a training run stops early, as exceptions the command line turns into one line and
+exit status 1."""
+from __future__ import annotations
+
+
+class TrainingError(RuntimeError):
+    """A run that stopped: non-finite loss, worker failure, a bad sample, a full disk..."""
+
+
+class NonFiniteLoss(TrainingError):
+    def __init__(self, task: str, step: int, value: float):
+        self.task, self.step, self.value = task, step, value
+        super().__init__(f"loss of task '{task}' is {value} at step {step}; training stopped "
+                         f"(the last good checkpoint is kept)")

@@ -1,0 +1,327 @@
+"""Launching a run: what ``mtl-dsl train`` calls, on the driver.
+
+``run_training(spec, config)`` checks the spec and the data before anything starts, prepares the
+run folder, then runs ``loop.train_loop`` either in this process (``plain=True``: the throughput
+benchmark's reference and the cheap tests) or on Ray Train's ``TorchTrainer`` (the default): it
+starts (or joins) Ray, every worker runs the same loop in a ``RaySession`` with its data shard,
+gradients averaged by DDP and only rank 0 writing files, and the loop's progress records come back
+through a Ray queue to the console.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from ..errors import SpecError, simple_error
+from .config import RunConfig, load_config
+from .console import Console
+from .failures import NonFiniteLoss, TrainingError
+
+# torch, numpy and ray are imported inside functions: ``commands`` imports this module lazily, and
+# the config checks above must not pay for them.
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    metrics: dict = field(default_factory=dict)
+    checkpoint: Optional[Path] = None
+    history: list = field(default_factory=list)  # every log record (dicts) in order
+    evaluations: list = field(default_factory=list)  # every evaluation record
+
+
+class Recorder:
+    """Receives the loop's records: keeps them, passes each to the sink (the console)."""
+
+    def __init__(self, sink: Callable[[dict], None]):
+        self.sink = sink
+        self.records: list[dict] = []
+        self.start_step = 0
+
+    def __call__(self, record: dict) -> None:
+        if record.get("kind") == "start":
+            self.start_step = record["step"]
+        if record.get("kind") == "log":
+            record.setdefault("start_step", self.start_step)
+        self.records.append(record)
+        self.sink(record)
+
+    def of(self, kind: str) -> list[dict]:
+        return [r for r in self.records if r.get("kind") == kind]
+
+
+def default_run_name(spec: Any, cfg: RunConfig) -> str:
+    if cfg.run.name:
+        return cfg.run.name
+    stem = Path(str(spec)).stem if isinstance(spec, (str, Path)) else getattr(spec, "__name__", "model")
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{stem}-{cfg.tasks_text()}")
+
+
+def spec_source(spec: Any) -> tuple[str, str]:
+    """(name, source text) of a spec path or built-in name; (name, '') for a model factory."""
+    if not isinstance(spec, (str, Path)):
+        return getattr(spec, "__name__", "model"), ""
+    from ..api import resolve_spec_path
+
+    try:
+        path, _ = resolve_spec_path(spec)
+        return str(spec), path.read_text(encoding="utf-8")
+    except (SpecError, OSError, UnicodeDecodeError):
+        return str(spec), ""
+
+
+def run_training(spec: Any, config: RunConfig | None = None, *, resume: bool = False,
+                 plain: bool = False, verbose: bool = False,
+                 progress: Callable[[dict], None] | None = None,
+                 callbacks: list | None = None, check_data: bool = True) -> TrainResult:
+    """Train ``spec`` (a spec path, a built-in spec name, or ``factory(profile, input_size)``).
+
+    ``progress`` receives every record of the loop (log lines, evaluations, checkpoints); the
+    default prints them with ``Console``. ``callbacks`` (``callbacks.Callback``) go to the loop of
+    every worker.
+    """
+    cfg = config if config is not None else load_config()
+    spec_name, source = spec_source(spec)
+    if isinstance(spec, (str, Path)):
+        from ..api import check_spec
+
+        # Shape-check (no weights) here: a spec error must show before any worker starts.
+        check_spec(str(spec), **cfg.model_arguments())
+    if check_data:
+        from .datasets import check_dataset
+
+        check_dataset(cfg)
+    storage = Path(cfg.run.storage).expanduser().resolve()
+    run_name = default_run_name(spec, cfg)
+    run_dir = storage / run_name
+    latest = prepare_run_dir(run_dir, resume, plain)
+    recorder = Recorder(progress if progress is not None else Console())
+    job = {"spec": spec, "spec_name": spec_name, "spec_source": source, "config": cfg.dump(),
+           "run_dir": str(run_dir), "resume": resume, "callbacks": list(callbacks or [])}
+    if plain:
+        out, checkpoint = _train_plain(job, cfg, run_dir, recorder, resume)
+    else:
+        out, checkpoint = _train_with_ray(job, cfg, run_dir, run_name, storage, verbose, recorder, latest)
+    return TrainResult(run_dir=run_dir, step=out["step"], metrics=out["metrics"], checkpoint=checkpoint,
+                       history=recorder.of("log"), evaluations=recorder.of("eval"))
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, plain: bool) -> Optional[Path]:
+    """Refuse a fresh run over checkpoints, or a resume without any; returns the latest one."""
+    from .checkpoints import latest_checkpoint, list_checkpoints
+
+    existing = list_checkpoints(run_dir)
+    if existing and not resume:
+        raise simple_error(str(run_dir), f"run folder {run_dir} already has checkpoints; pass --resume "
+                           f"to continue it or choose another --run-name")
+    if resume and not existing:
+        raise simple_error(str(run_dir), f"nothing to resume: no checkpoint in {run_dir}")
+    if not resume and not plain and run_dir.exists():
+        # A fresh Ray Train run must not pick up the state of an earlier (failed) run of that name.
+        for child in run_dir.iterdir():
+            if child.name != "tensorboard":
+                shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return latest_checkpoint(run_dir) if resume else None
+
+
+def _train_plain(job: dict, cfg: RunConfig, run_dir: Path, recorder: Recorder,
+                 resume: bool) -> tuple[dict, Optional[Path]]:
+    import torch
+
+    from .loop import train_loop
+    from .session import PlainSession
+
+    session = PlainSession(run_dir, recorder, resume, cfg.run.keep_checkpoints)
+    threads_before = torch.get_num_threads()
+    if cfg.run.threads_per_worker:
+        torch.set_num_threads(cfg.run.threads_per_worker)
+    try:
+        out = train_loop(job, session)
+    finally:
+        torch.set_num_threads(threads_before)
+        session.close()
+    return out, session.last_checkpoint
+
+
+# --------------------------------------------------------------------------------------------------
+# Ray
+
+
+def ray_worker_entry(job: dict) -> None:
+    """What every Ray Train worker runs."""
+    import torch
+
+    from .loop import train_loop
+    from .session import RaySession
+
+    threads = job.get("threads_per_worker") or job.get("cpus_per_worker")
+    if threads:
+        torch.set_num_threads(int(threads))
+    session = RaySession(Path(job["run_dir"]), job.get("queue"), job.get("resume_path"))
+    try:
+        train_loop(job, session)
+    except NonFiniteLoss as exc:
+        # Every rank sees the same all-reduced losses, so all of them stop here together; return
+        # normally (Ray must not retry a deterministic failure) and tell the driver.
+        session.emit({"kind": "error", "text": str(exc), "step": exc.step})
+    finally:
+        session.close()
+
+
+def _silence_ray(verbose: bool) -> None:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_DISABLE_IMPORT_WARNING", "1")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+    if not verbose:
+        os.environ.setdefault("RAY_LOG_TO_STDERR", "0")
+        for name in ("ray", "ray.train", "ray.data", "ray.tune", "ray._private"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def start_ray(cfg: RunConfig, verbose: bool, workers: int) -> bool:
+    """Start a local Ray (or join ``run.address``) unless one is up; True if started here."""
+    _silence_ray(verbose)
+    if not verbose:
+        import warnings
+
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ray(\.|$)")
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=verbose,
+                                  logging_level=logging.INFO if verbose else logging.WARNING,
+                                  configure_logging=True, ignore_reinit_error=True)
+    if cfg.run.address:
+        ray.init(address=cfg.run.address, **kwargs)
+    else:
+        # Ray runs workers at nice 15 for shared nodes; on a local machine that only lets Ray's
+        # own control processes preempt training.
+        os.environ.setdefault("RAY_worker_niceness", "0")
+        # Every Ray process wakes ~100 times a second, and on a small machine each one costs the
+        # training worker throughput: a local run does without the processes it has no use for
+        # (the spot-preemption watcher; metrics exporters, with no dashboard to read them).
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+        os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
+        os.environ.setdefault("RAY_enable_metrics_collection", "0")
+        # A laptop may have fewer cores than workers asked for: let Ray oversubscribe.
+        ray.init(num_cpus=max(os.cpu_count() or 1, workers), **kwargs)
+    if not verbose:
+        for name in ("ray", "ray.train", "ray.data", "ray.tune"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    return True
+
+
+class _QueueDrain:
+    """Moves the workers' records from the Ray queue to the recorder, on a background thread.
+
+    It polls twice a second: on a small machine, a blocking get per record keeps the queue actor
+    and this process busy enough to slow the training worker measurably."""
+
+    def __init__(self, queue, recorder: Recorder):
+        self.queue, self.recorder = queue, recorder
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="mtl-dsl-console", daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            finished = self.stop.wait(0.5)
+            try:
+                while not self.queue.empty():
+                    self.recorder(self.queue.get_nowait())
+            except Exception:  # the queue actor is gone (Ray shut down)
+                return
+            if finished:
+                return
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)
+
+
+def _trainer(job: dict, cfg: RunConfig, run_name: str, storage: Path, latest: Optional[Path]):
+    """The ``TorchTrainer`` of the run, and the queue its workers report to."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.util.queue import Queue
+
+    if cfg.run.gpus_per_worker is None:
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    else:
+        gpus = cfg.run.gpus_per_worker
+    use_gpu = gpus > 0
+    cpus_available = int(ray.cluster_resources().get("CPU", 1))
+    cpus_per_worker = max(1, cpus_available // cfg.run.workers) if not cfg.run.address else 1
+    resources = {"CPU": cpus_per_worker}
+    if use_gpu:
+        resources["GPU"] = gpus
+    queue = Queue(maxsize=10_000)
+    # Ray Train restores a run of the same name and storage by itself; resume_path covers a
+    # run folder without Ray's state (e.g. written by --plain) whose checkpoints remain.
+    job = dict(job, queue=queue, cpus_per_worker=cpus_per_worker,
+               threads_per_worker=cfg.run.threads_per_worker,
+               resume_path=str(latest) if latest is not None else None)
+    trainer = TorchTrainer(
+        ray_worker_entry,
+        train_loop_config=job,
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo", timeout_s=cfg.run.timeout_s),
+        scaling_config=ScalingConfig(num_workers=cfg.run.workers, use_gpu=use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RayRunConfig(
+            name=run_name, storage_path=str(storage),
+            failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints)),
+    )
+    return trainer, queue
+
+
+def _train_with_ray(job: dict, cfg: RunConfig, run_dir: Path, run_name: str, storage: Path,
+                    verbose: bool, recorder: Recorder,
+                    latest: Optional[Path]) -> tuple[dict, Optional[Path]]:
+    started_here = start_ray(cfg, verbose, cfg.run.workers)
+    import ray.train
+
+    try:
+        trainer, queue = _trainer(job, cfg, run_name, storage, latest)
+        with _QueueDrain(queue, recorder):
+            try:
+                result = trainer.fit()
+            except ray.train.TrainingFailedError as exc:
+                raise TrainingError(f"training failed: {_root_cause(exc)}") from None
+        if result.error is not None:
+            raise TrainingError(f"training failed: {_root_cause(result.error)}")
+        errors = recorder.of("error")
+        if errors:
+            raise TrainingError(errors[-1]["text"])
+        metrics = dict(result.metrics or {})
+        checkpoint = Path(result.checkpoint.path) if result.checkpoint is not None else None
+        out = {"step": int(metrics.get("step", 0)),
+               "metrics": {k[4:]: v for k, v in metrics.items() if k.startswith("val/")}}
+        return out, checkpoint
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _root_cause(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    for line in reversed(text):
+        line = line.strip()
+        if line and not line.startswith(("File ", "^", "Traceback")):
+            return line
+    return type(exc).__name__

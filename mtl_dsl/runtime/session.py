@@ -1,0 +1,122 @@
+"""Sessions: what differs between a Ray Train worker and the plain in-process loop.
+
+The loop talks to its session only: rank and world size, the device, where a checkpoint is
+written and how it is registered, what to resume from, how the model is wrapped (DDP or not) and
+where progress records go. ``PlainSession`` runs in the calling process and writes checkpoints
+straight into the run folder; ``RaySession`` runs in a Ray Train worker, writes each checkpoint
+to a local temporary folder and hands it to ``ray.train.report`` (rank 0 only), which copies it
+into the run folder under the same name.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional
+
+
+class PlainSession:
+    rank = 0
+    world = 1
+    local_rank = 0
+
+    def __init__(self, run_dir: Path, emit: Callable[[dict], None], resume: bool, keep: int):
+        import torch
+
+        self.run_dir = run_dir
+        self.checkpoint_dir = run_dir  # the same layout as Ray Train's: <run>/step_XXXXXXXX
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self._emit = emit
+        self._resume = resume
+        self._keep = keep
+        self.last_checkpoint: Optional[Path] = None
+        self.last_metrics: dict = {}
+
+    def emit(self, record: dict) -> None:
+        self._emit(record)
+
+    def checkpoint_to_resume(self):
+        from .checkpoints import latest_checkpoint, load_checkpoint
+
+        if not self._resume:
+            return None
+        latest = latest_checkpoint(self.checkpoint_dir)
+        return load_checkpoint(latest) if latest is not None else None
+
+    def checkpoint_target(self, step: int) -> Path:
+        return self.checkpoint_dir / f"step_{step:08d}"
+
+    def persisted(self, path: Path) -> Path:
+        return path
+
+    def report(self, metrics: dict, checkpoint: Optional[Path]) -> None:
+        from .checkpoints import prune_checkpoints
+
+        self.last_metrics = metrics
+        if checkpoint is not None:
+            self.last_checkpoint = checkpoint
+            prune_checkpoints(self.checkpoint_dir, self._keep)
+
+    def prepare(self, module):
+        return module.to(self.device)
+
+    def close(self) -> None:
+        pass
+
+
+class RaySession:
+    def __init__(self, run_dir: Path, queue, resume_path: Optional[str]):
+        import ray.train
+        import ray.train.torch
+
+        self._resume_path = resume_path
+        context = ray.train.get_context()
+        self.rank = context.get_world_rank()
+        self.world = context.get_world_size()
+        self.local_rank = context.get_local_rank()
+        self.device = ray.train.torch.get_device()
+        self.run_dir = run_dir
+        self._queue = queue
+        self._tmp = Path(tempfile.mkdtemp(prefix="mtl-dsl-ckpt-"))
+
+    def emit(self, record: dict) -> None:
+        if self.rank == 0 and self._queue is not None:
+            try:
+                self._queue.put_nowait(record)
+            except Exception:  # a full or dead queue must never stop training
+                pass
+
+    def checkpoint_to_resume(self):
+        import ray.train
+
+        from .checkpoints import load_checkpoint
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return load_checkpoint(self._resume_path) if self._resume_path else None
+        with checkpoint.as_directory() as folder:
+            return load_checkpoint(folder)
+
+    def checkpoint_target(self, step: int) -> Path:
+        return self._tmp / f"step_{step:08d}"
+
+    def persisted(self, path: Path) -> Path:
+        return self.run_dir / path.name  # Ray Train copies it to storage/run_name/<dir name>
+
+    def report(self, metrics: dict, checkpoint: Optional[Path]) -> None:
+        import ray.train
+
+        if checkpoint is not None and self.rank == 0:
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint)),
+                             checkpoint_dir_name=checkpoint.name)
+            shutil.rmtree(checkpoint, ignore_errors=True)
+        else:
+            ray.train.report(metrics)
+
+    def prepare(self, module):
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(module, parallel_strategy_kwargs={"find_unused_parameters": False})
+
+    def close(self) -> None:
+        shutil.rmtree(self._tmp, ignore_errors=True)
