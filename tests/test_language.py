@@ -69,6 +69,13 @@ def test_override_values_parse_as_literals():
         parse_override("novalue")
 
 
+def test_parentheses_group_expressions(tmp_path):
+    spec = TINY.replace("model tiny(dim = 8,", "model tiny(dim = (1 + 3) * 2 - -(2 * (1)) + 2,")
+    ir = load_ir(write(tmp_path, spec), tasks="depth")
+    assert ir.params["dim"].value == 12
+    assert ir.node("h.depth").params["channels"] == 12
+
+
 def test_explicit_task_list_and_loops(tmp_path):
     ir = load_ir(write(tmp_path, TINY), tasks="semseg:13,depth")
     assert [t.name for t in ir.tasks] == ["semseg", "depth"]

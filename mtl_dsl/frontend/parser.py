@@ -406,6 +406,10 @@ class _ToAst(Transformer):
     def none(self, children):
         return ast.Const(None, self._loc(children[0]))
 
+    def paren(self, children):
+        lpar, inner, rpar = children
+        return inner
+
     def name(self, children):
         tok = children[0]
         return ast.Name(str(tok), self._loc(tok))
