@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 from mtl_dsl.api import check_spec  # noqa: E402
 from mtl_dsl.errors import SpecError  # noqa: E402
-from mtl_dsl.frontend.lower import iter_builtin_specs  # noqa: E402
+from mtl_dsl.frontend import iter_builtin_specs  # noqa: E402
 
 TASKS = {"atrc_pascal_hrnet18": "pascal"}
 

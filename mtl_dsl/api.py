@@ -7,11 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+__all__ = ["check_spec", "compile_ir", "compile_model", "load_ir", "parse_override",
+           "resolve_profile", "resolve_spec_path"]
+
 from .checker import CheckedGraph, check_ir
-from .errors import Diagnostic, SpecError, did_you_mean
-from .frontend import ast
-from .frontend.lower import Lowerer, builtin_spec_dirs, iter_builtin_specs
-from .frontend.parser import parse_source
+from .errors import Diagnostic, Diagnostics, SpecError, did_you_mean
+from .frontend import Lowerer, builtin_spec_dirs, iter_builtin_specs, parse_override
 from .ir import ModelIR
 from .tasks import TaskError, TaskProfile, resolve_tasks
 
@@ -51,47 +52,6 @@ def resolve_profile(tasks: str | TaskProfile | None) -> TaskProfile:
         raise SpecError(Diagnostic("--tasks", 1, 1, e.message, source_line=tasks or "")) from None
 
 
-def parse_override(text: str) -> tuple[str, Any]:
-    """``k=v`` from ``--set``: v is a spec literal; a bare word is a string."""
-    key, sep, raw = text.partition("=")
-    key = key.strip()
-    if not sep or not key.isidentifier():
-        raise SpecError(Diagnostic("--set", 1, 1, f"expected NAME=VALUE, got '{text}'",
-                                   source_line=text))
-    raw = raw.strip()
-    src = f"model m(v = {raw}) {{}}"
-    try:
-        spec = parse_source(src, "--set")
-        default = spec.models[0].params[0].default
-    except (SpecError, IndexError):
-        default = None
-    value = _literal(default)
-    if value is _NOT_LITERAL:
-        if raw.replace("_", "").replace("-", "").replace(".", "").isalnum():
-            return key, raw  # a bare word such as a timm model name
-        raise SpecError(Diagnostic("--set", 1, len(key) + 2, f"cannot read the value of "
-                                   f"'{key}': {raw}", "use a number, true/false, \"text\" or "
-                                   "[list]", source_line=text))
-    return key, value
-
-
-_NOT_LITERAL = object()
-
-
-def _literal(expr: Any) -> Any:
-    if isinstance(expr, ast.Const):
-        return expr.value
-    if isinstance(expr, ast.UnaryOp) and expr.op == "-" and isinstance(expr.operand, ast.Const) \
-            and isinstance(expr.operand.value, (int, float)):
-        return -expr.operand.value
-    if isinstance(expr, ast.ListExpr):
-        items = [_literal(i) for i in expr.items]
-        return _NOT_LITERAL if any(i is _NOT_LITERAL for i in items) else items
-    if isinstance(expr, ast.Name):
-        return expr.name  # bare word
-    return _NOT_LITERAL
-
-
 def load_ir(spec: str | Path, tasks: str | TaskProfile | None = None,
             overrides: dict[str, Any] | None = None, preset: str | None = None,
             input_size: tuple[int, int] | None = None, model: str | None = None) -> ModelIR:
@@ -99,7 +59,8 @@ def load_ir(spec: str | Path, tasks: str | TaskProfile | None = None,
     return ir
 
 
-def _lower(spec, tasks, overrides, preset, input_size, model):
+def _lower(spec, tasks, overrides, preset, input_size, model) -> tuple[ModelIR, Diagnostics]:
+    """The IR, and the diagnostics sink (with the sources) the checker goes on reporting into."""
     path, display = resolve_spec_path(spec)
     profile = resolve_profile(tasks)
     if input_size is not None:
@@ -109,14 +70,14 @@ def _lower(spec, tasks, overrides, preset, input_size, model):
                                                         f"(8 to 8192 per side)"))
     lowerer = Lowerer(profile, input_size)
     ir = lowerer.lower(path, display, model, overrides, preset)
-    return ir, lowerer.sources
+    return ir, lowerer.sink
 
 
 def check_spec(spec: str | Path, tasks: str | TaskProfile | None = None,
                overrides: dict[str, Any] | None = None, preset: str | None = None,
                input_size: tuple[int, int] | None = None, model: str | None = None) -> CheckedGraph:
-    ir, sources = _lower(spec, tasks, overrides, preset, input_size, model)
-    return check_ir(ir, sources)
+    ir, sink = _lower(spec, tasks, overrides, preset, input_size, model)
+    return check_ir(ir, sink)
 
 
 def compile_model(spec: str | Path, tasks: str | TaskProfile | None = None,

@@ -12,7 +12,7 @@ from typing import Any
 
 from .blocks import REGISTRY
 from .blocks.registry import Call, ShapeError
-from .errors import Diagnostic, SpecError
+from .errors import Diagnostics
 from .ir import IMAGES, CollectionRef, ModelIR, Node, Ref, SourceLoc
 from .types import Dim, FeatureMap, H, TaskMap, Tokens, W, describe, kind_name
 
@@ -41,19 +41,15 @@ def image_type() -> FeatureMap:
 
 
 class _Checker:
-    def __init__(self, ir: ModelIR, sources: dict[str, list[str]]):
+    def __init__(self, ir: ModelIR, sink: Diagnostics):
         self.ir = ir
-        self.sources = sources
-        self.errors: list[Diagnostic] = []
+        self.sink = sink
         self.types: dict[str, tuple[Any, ...]] = {IMAGES: (image_type(),)}
         self.nodes = {n.name: n for n in ir.nodes}
         self.calls: dict[str, Call] = {}
 
     def error(self, loc: SourceLoc, message: str, hint: str = "", notes: tuple[str, ...] = ()):
-        lines = self.sources.get(loc.file, [])
-        text = lines[loc.line - 1] if 0 < loc.line <= len(lines) else ""
-        self.errors.append(Diagnostic(loc.file, loc.line, loc.column, message, hint, text,
-                                      loc.length, notes))
+        self.sink.error(loc, message, hint, notes)
 
     def where(self, node: str) -> str:
         if node == IMAGES:
@@ -125,8 +121,7 @@ class _Checker:
                 self._check_assertion(node, outs[0], size)
         self._check_outputs(size)
         self._check_dead()
-        if self.errors:
-            raise SpecError(self.errors)
+        self.sink.raise_if_errors()
         return CheckedGraph(self.ir, self.types, self.calls)
 
     def _check_assertion(self, node: Node, t: Any, size: tuple[int, int]) -> None:
@@ -147,9 +142,9 @@ class _Checker:
                     continue
                 if isinstance(w_dim, int) and not isinstance(h_dim, Dim):
                     ok = ok and w_dim == h_dim
-                elif isinstance(h_dim, Dim):
-                    expect = _parse_dim(w_dim)
-                    ok = ok and expect is not None and expect.eval(*size) == h_dim.eval(*size)
+                elif isinstance(h_dim, Dim) and isinstance(w_dim, (int, Dim)):
+                    expect = w_dim if isinstance(w_dim, Dim) else Dim.of(w_dim)
+                    ok = ok and expect.eval(*size) == h_dim.eval(*size)
                 else:
                     ok = False
         if not ok:
@@ -196,28 +191,7 @@ class _Skip(Exception):
     """A node whose inputs already failed: it is not checked again (one error per mistake)."""
 
 
-def _parse_dim(text: Any) -> Dim | None:
-    """'H/4' -> ceil(H/4) etc. (the canonical text a Dim prints)."""
-    if isinstance(text, int):
-        return Dim.of(text)
-    if not isinstance(text, str):
-        return None
-    import re
-
-    s = text.strip()
-    m = re.fullmatch(r"(\d+)\*\((.*)\)|(\d+)\*([HW].*)", s)
-    if m:
-        k = int(m.group(1) or m.group(3))
-        inner = _parse_dim(m.group(2) or m.group(4))
-        return inner.mul(k) if inner else None
-    m = re.fullmatch(r"([HW])((?:(?://|/)\d+)*)", s)
-    if not m:
-        return None
-    d = Dim.of(m.group(1))
-    for op, k in re.findall(r"(//|/)(\d+)", m.group(2)):
-        d = d.fdiv(int(k)) if op == "//" else d.cdiv(int(k))
-    return d
-
-
-def check_ir(ir: ModelIR, sources: dict[str, list[str]] | None = None) -> CheckedGraph:
-    return _Checker(ir, sources or {}).check()
+def check_ir(ir: ModelIR, sink: Diagnostics | None = None) -> CheckedGraph:
+    """Infer every node's types; mistakes go to ``sink`` (the compilation's, which knows the
+    sources to quote) and are raised together as one SpecError."""
+    return _Checker(ir, sink if sink is not None else Diagnostics()).check()

@@ -3,12 +3,16 @@
 A ``SpecError`` carries one or more diagnostics (file, line, column, message, hint) so that a spec
 with several independent mistakes reports all of them in one run. ``str(error)`` renders each as
 ``file:line:col: error: message``, the source line and a caret, which is what the CLI prints.
+
+``Diagnostics`` is the one sink the stages of the front-end report into: the parser, the lowering
+and the shape checker of one compilation share it, so it knows every source text (for the line
+under each message) and turns what was reported into one ``SpecError``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from difflib import get_close_matches
-from typing import Iterable
+from typing import Iterable, Protocol
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,64 @@ class SpecError(Exception):
 
     def __str__(self) -> str:
         return self.render()
+
+
+class Located(Protocol):
+    """Anything with a source position: the syntax tree's ``Loc``, the IR's ``SourceLoc``."""
+
+    @property
+    def file(self) -> str: ...
+
+    @property
+    def line(self) -> int: ...
+
+    @property
+    def column(self) -> int: ...
+
+    @property
+    def length(self) -> int: ...
+
+
+class Diagnostics:
+    """The errors of one compilation, in the order they were found, and the texts they point into.
+
+    Every stage reports here (``error`` for a located mistake, ``add`` for a diagnostic made
+    elsewhere); ``raise_if_errors`` ends the compilation with all of them as one ``SpecError``.
+    """
+
+    def __init__(self) -> None:
+        self.items: list[Diagnostic] = []
+        self.sources: dict[str, list[str]] = {}
+
+    def add_source(self, file: str, text: str) -> None:
+        self.sources[file] = text.split("\n")
+
+    def source_line(self, file: str, line: int) -> str:
+        lines = self.sources.get(file, [])
+        return lines[line - 1] if 0 < line <= len(lines) else ""
+
+    def error(self, loc: Located, message: str, hint: str = "",
+              notes: tuple[str, ...] = ()) -> Diagnostic:
+        """Record a mistake at ``loc`` (with its source line) and return it."""
+        d = Diagnostic(loc.file, loc.line, loc.column, message, hint,
+                       self.source_line(loc.file, loc.line), loc.length, notes)
+        self.items.append(d)
+        return d
+
+    def add(self, diagnostics: Diagnostic | Iterable[Diagnostic]) -> None:
+        if isinstance(diagnostics, Diagnostic):
+            diagnostics = [diagnostics]
+        self.items.extend(diagnostics)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def as_error(self) -> SpecError:
+        return SpecError(self.items)
+
+    def raise_if_errors(self) -> None:
+        if self.items:
+            raise self.as_error()
 
 
 def did_you_mean(name: str, options: Iterable[str]) -> str:

@@ -12,16 +12,23 @@ from typing import Annotated, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from .tasks import TaskSpec
+from .types import Dim
 
 IMAGES = "images"  # the model input, a pseudo-node every block may read
 
 
 class SourceLoc(BaseModel):
+    """Where a value was written: line, column and underlined length for messages; the
+    character offsets of the whole construct (end exclusive; -1 when not from a file) for tools
+    that edit the text."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
     file: str
     line: int
     column: int
     length: int = 1
+    start: int = -1
+    end: int = -1
 
 
 class Ref(BaseModel):
@@ -51,11 +58,15 @@ InputValue = Annotated[Union[Ref, CollectionRef], Field(discriminator="kind")]
 CollectionRef.model_rebuild()
 
 
+ShapeDim = Union[int, Literal["B", "_"], Dim]
+
+
 class ShapeAssertion(BaseModel):
-    """Expected dims of a node's first output: "B", "_", an int, or a symbolic spatial dim."""
+    """Expected dims of a node's first output (``:: [B, 64, H/4, W/4]``): "B" (the batch), "_"
+    (any), an int, or a symbolic spatial size ``Dim`` (``H/4`` = ceil(H/4))."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    dims: list[Union[int, str]]  # spatial dims are kept as their text, e.g. "H/4"
+    dims: list[ShapeDim]
     loc: SourceLoc
 
 

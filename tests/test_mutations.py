@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from mtl_dsl.api import check_spec
 from mtl_dsl.errors import SpecError
-from mtl_dsl.frontend.lower import iter_builtin_specs
+from mtl_dsl.frontend import iter_builtin_specs
 
 SEEDS = {p.name: p.read_text() for p in iter_builtin_specs()}
 TOKENS = ["(", ")", "[", "]", "{", "}", ",", "=", "::", ".", "<-", "for", "in", "if", "else",

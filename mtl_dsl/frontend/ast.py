@@ -1,7 +1,10 @@
 """The syntax tree of a spec file: what the parser builds and the lowering walks.
 
-Every node carries its source location (file, line, column, length) so that any later error can
-point at the text the user wrote.
+Every node carries its source location so that any later error can point at the text the user
+wrote: file, line, column and length (on the first line) for messages, and the character offsets
+``start``/``end`` of the whole construct in the source text, so that tools (a formatter, a language
+server, the search's rewrite of table entries) can edit the text by position. Statements and
+definitions also carry their ``span``: from their first token to their last (a closing brace).
 """
 from __future__ import annotations
 
@@ -15,6 +18,8 @@ class Loc:
     line: int
     column: int
     length: int = 1
+    start: int = -1  # character offsets in the source text, end exclusive; -1: not from a file
+    end: int = -1
 
 
 # -- expressions ----------------------------------------------------------------------------------
@@ -123,6 +128,7 @@ class Assign:
     shape: list[Expr] | None
     loc: Loc
     shape_loc: Loc | None = None
+    span: Loc | None = None  # the whole statement or definition
 
 
 @dataclass
@@ -132,6 +138,7 @@ class For:
     condition: Expr | None
     body: list["Stmt"]
     loc: Loc
+    span: Loc | None = None  # the whole statement or definition
 
 
 @dataclass
@@ -140,12 +147,14 @@ class If:
     body: list["Stmt"]
     orelse: list["Stmt"]
     loc: Loc
+    span: Loc | None = None  # the whole statement or definition
 
 
 @dataclass
 class Return:
     values: list[Expr]
     loc: Loc
+    span: Loc | None = None  # the whole statement or definition
 
 
 @dataclass
@@ -153,6 +162,7 @@ class Preset:
     name: str
     values: list[Arg]
     loc: Loc
+    span: Loc | None = None  # the whole statement or definition
 
 
 @dataclass
@@ -161,6 +171,8 @@ class TableEntry:
     source: str
     value: Any
     loc: Loc  # of the value: where `search` gets replaced by the chosen context
+    target_loc: Loc | None = None  # the row's key (left of '<-')
+    source_loc: Loc | None = None  # the entry's key (left of ':')
 
 
 @dataclass
@@ -168,6 +180,7 @@ class Table:
     name: str
     entries: list[TableEntry]
     loc: Loc
+    span: Loc | None = None  # the whole statement or definition
 
 
 Stmt = Union[Assign, For, If, Return, Preset, Table]
@@ -190,6 +203,7 @@ class BlockDef:
     body: list[Stmt]
     loc: Loc
     is_model: bool = False
+    span: Loc | None = None  # the whole statement or definition
 
 
 @dataclass
@@ -197,6 +211,7 @@ class Import:
     path: str
     alias: str | None
     loc: Loc
+    span: Loc | None = None  # the whole statement or definition
 
 
 @dataclass

@@ -274,7 +274,7 @@ def _remove_entry(text: str, key_start: int, end: int, before: str) -> tuple[int
 def _default_folder(spec_path: Path) -> Path:
     """Beside a user's spec (its relative imports keep working); the current folder for a
     built-in one."""
-    from ..frontend.lower import builtin_spec_dirs
+    from ..frontend import builtin_spec_dirs
 
     builtin = {d.resolve() for d in builtin_spec_dirs()}
     return Path.cwd() if spec_path.resolve().parent in builtin else spec_path.parent

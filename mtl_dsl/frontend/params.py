@@ -1,0 +1,154 @@
+"""Model parameters: their defaults, the model's presets, ``--set`` overrides, and the types they
+are coerced to.
+
+Every model parameter has a default, and a type (written, or taken from the default); a preset
+(``--preset NAME``) applies its values first, then ``--set k=v`` overrides. A value of the wrong
+type is an error at the place that gave it. ``parse_override`` reads the ``k=v`` of ``--set``:
+``v`` is a spec literal, and a bare word is a string (a timm model name).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import Diagnostic, Located, SpecError, did_you_mean
+from ..ir import ParamValue
+from . import ast
+from .consteval import Evaluator
+from .parser import parse_source
+from .values import FileScope, Poison, Scope, TableRow, TableValue, jsonable, short, sloc, type_name
+
+CONST_PARAM_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list": list,
+                     "dict": dict}
+GRAPH_PARAM_TYPES = {"map", "tokens", "multiscale", "attention", "taskmap", "any"}
+COMMAND_LINE = ast.Loc("<command line>", 1, 1)
+
+
+def coerce(ev: Evaluator, value: Any, type_name_: str, loc: Located, what: str) -> Any:
+    """``value`` as a ``type_name_`` (an int is a float where a float is wanted), or Poison."""
+    want = CONST_PARAM_TYPES.get(type_name_)
+    if want is None:
+        return value
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if value is None:
+        return value
+    ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
+    if want is list and isinstance(value, (TableValue, TableRow)):
+        ok = False
+    if not ok:
+        raise ev.error(loc, f"{what} must be {type_name_}, got {type_name(value)} {short(value)}")
+    return value
+
+
+def bind_model_params(ev: Evaluator, model: ast.BlockDef, top: FileScope,
+                      overrides: dict[str, Any], preset: str | None,
+                      override_locs: dict[str, ast.Loc]) -> dict[str, ParamValue]:
+    """The model's parameters after its defaults, the chosen preset and the overrides."""
+    builtins = Scope(vars={}, parent=None, prefix="", file=top)
+    values = _defaults(ev, model, builtins)
+    presets = {s.name: s for s in model.body if isinstance(s, ast.Preset)}
+    if preset is not None:
+        if preset not in presets:
+            loc = override_locs.get("--preset", COMMAND_LINE)
+            ev.sink.error(loc, f"model '{model.name}' has no preset '{preset}'",
+                          did_you_mean(preset, presets) or
+                          (f"presets: {', '.join(presets)}" if presets else "it has no presets"))
+        else:
+            for arg in presets[preset].values:
+                _set_param(ev, values, arg.name, arg.value, arg.loc, "preset", builtins, model)
+    for name, value in overrides.items():
+        loc = override_locs.get(name, COMMAND_LINE)
+        _set_param(ev, values, name, ast.Const(value, loc), loc, "set", builtins, model)
+    # presets must name real parameters even when not selected
+    for s in presets.values():
+        for arg in s.values:
+            if arg.name is not None and arg.name not in values:
+                ev.sink.error(arg.loc, f"preset '{s.name}' sets unknown parameter '{arg.name}'",
+                              did_you_mean(arg.name, values))
+    return values
+
+
+def _defaults(ev: Evaluator, model: ast.BlockDef, builtins: Scope) -> dict[str, ParamValue]:
+    values: dict[str, ParamValue] = {}
+    for p in model.params:
+        if p.name in values:
+            ev.sink.error(p.loc, f"duplicate parameter '{p.name}'")
+            continue
+        if p.default is None:
+            ev.sink.error(p.loc, f"model parameter '{p.name}' needs a default value",
+                          f"write {p.name} = <value>")
+            continue
+        try:
+            value = ev.const(p.default, builtins, "a parameter default")
+        except Poison:
+            continue
+        written = p.type or type_name(value)
+        if p.type is not None and p.type not in CONST_PARAM_TYPES:
+            ev.sink.error(p.loc, f"unknown type '{p.type}' for model parameter '{p.name}'",
+                          did_you_mean(p.type, CONST_PARAM_TYPES) or
+                          f"model parameters are {', '.join(CONST_PARAM_TYPES)}")
+            continue
+        value = coerce(ev, value, written, p.default.loc, f"parameter '{p.name}'")
+        values[p.name] = ParamValue(value=jsonable(value), type=written, origin="default",
+                                    loc=sloc(p.loc))
+    return values
+
+
+def _set_param(ev: Evaluator, values: dict[str, ParamValue], name: str | None, expr: ast.Expr,
+               loc: ast.Loc, origin: str, scope: Scope, model: ast.BlockDef) -> None:
+    if name is None or name not in values:
+        if origin == "set":
+            ev.sink.error(loc, f"model '{model.name}' has no parameter '{name}'",
+                          did_you_mean(name or "", values) or f"parameters: {', '.join(values)}")
+        return
+    try:
+        value = ev.const(expr, scope, f"parameter '{name}'")
+    except Poison:
+        return
+    old = values[name]
+    value = coerce(ev, value, old.type, loc, f"parameter '{name}'")
+    values[name] = ParamValue(value=jsonable(value), type=old.type, origin=origin,  # type: ignore[arg-type]
+                              loc=old.loc)
+
+
+# -- the command line -----------------------------------------------------------------------------
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``k=v`` from ``--set``: v is a spec literal; a bare word is a string."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key.isidentifier():
+        raise SpecError(Diagnostic("--set", 1, 1, f"expected NAME=VALUE, got '{text}'",
+                                   source_line=text))
+    raw = raw.strip()
+    src = f"model m(v = {raw}) {{}}"
+    try:
+        spec = parse_source(src, "--set")
+        default = spec.models[0].params[0].default
+    except (SpecError, IndexError):
+        default = None
+    value = _literal(default)
+    if value is _NOT_LITERAL:
+        if raw.replace("_", "").replace("-", "").replace(".", "").isalnum():
+            return key, raw  # a bare word such as a timm model name
+        raise SpecError(Diagnostic("--set", 1, len(key) + 2, f"cannot read the value of "
+                                   f"'{key}': {raw}", "use a number, true/false, \"text\" or "
+                                   "[list]", source_line=text))
+    return key, value
+
+
+_NOT_LITERAL = object()
+
+
+def _literal(expr: Any) -> Any:
+    if isinstance(expr, ast.Const):
+        return expr.value
+    if isinstance(expr, ast.UnaryOp) and expr.op == "-" and isinstance(expr.operand, ast.Const) \
+            and isinstance(expr.operand.value, (int, float)):
+        return -expr.operand.value
+    if isinstance(expr, ast.ListExpr):
+        items = [_literal(i) for i in expr.items]
+        return _NOT_LITERAL if any(i is _NOT_LITERAL for i in items) else items
+    if isinstance(expr, ast.Name):
+        return expr.name  # bare word
+    return _NOT_LITERAL

@@ -1,0 +1,175 @@
+"""What names stand for while a spec is evaluated, and the scopes that hold them.
+
+A name is bound to a constant (int, float, str, bool, none, list, dict), a ``GraphValue`` (one
+output of a graph node), a ``Family`` (``d[t]``: an indexed family of graph values), a
+``TableValue`` (a context table) or one of its rows, or a tuple (several results of one call).
+``Poison`` aborts the statement being lowered once its error is recorded; the names it would have
+bound are then poisoned, so their later uses stay quiet (one error per mistake).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..ir import CollectionRef, Ref, SourceLoc
+from . import ast
+
+
+class Poison(Exception):
+    """Aborts the current statement after its error was recorded (or because it used a name
+    whose own statement failed)."""
+
+
+@dataclass(frozen=True)
+class GraphValue:
+    ref: Ref
+
+
+@dataclass
+class Family:
+    """An indexed family ``d[k]`` of graph values (or nested families)."""
+
+    name: str
+    items: dict[str, Any] = field(default_factory=dict)
+
+    def to_collection(self) -> CollectionRef:
+        out: dict[str, Any] = {}
+        for k, v in self.items.items():
+            out[k] = v.to_collection() if isinstance(v, Family) else v.ref
+        return CollectionRef(items=out)
+
+
+class MissingTableEntry(ValueError):
+    """A table lookup ``table[target][source]`` with neither an entry nor a ``*`` default."""
+
+
+class TableValue:
+    """A two-level constant table with ``*`` defaults, indexed ``table[target][source]``."""
+
+    def __init__(self, name: str, rows: dict[str, dict[str, Any]], tasks: list[str]):
+        self.name = name
+        self.rows = rows
+        self.tasks = tasks
+
+    def lookup(self, target: str, source: str) -> Any:
+        for row_key in (target, "*"):
+            row = self.rows.get(row_key, {})
+            for col_key in (source, "*"):
+                if col_key in row:
+                    return row[col_key]
+        raise MissingTableEntry(f"table '{self.name}' has no entry {target} <- {source}")
+
+    def row(self, target: str) -> "TableRow":
+        return TableRow(self, target)
+
+    def to_json(self) -> dict:
+        return {t: {s: self.lookup(t, s) for s in self.tasks} for t in self.tasks}
+
+
+@dataclass
+class TableRow:
+    table: TableValue
+    target: str
+
+    def to_json(self) -> dict:
+        return {s: self.table.lookup(self.target, s) for s in self.table.tasks}
+
+
+@dataclass
+class UserBlock:
+    definition: ast.BlockDef
+    module: "FileScope"
+
+
+@dataclass
+class FileScope:
+    """What names a spec file sees: its own blocks, flat imports, aliased imports."""
+
+    spec: ast.SpecFile
+    blocks: dict[str, UserBlock] = field(default_factory=dict)
+    aliases: dict[str, "FileScope"] = field(default_factory=dict)
+
+    def exports(self) -> dict[str, UserBlock]:
+        return self.blocks
+
+
+@dataclass
+class Scope:
+    vars: dict[str, Any]
+    parent: "Scope | None"
+    prefix: str  # node-name prefix ("" at model level, "h.semseg." inside an inlined block)
+    suffix: tuple[str, ...] = ()  # loop values: names bound in a loop get ".<value>" appended
+    is_function: bool = True
+    file: FileScope | None = None
+    loop_var: str | None = None
+    poisoned: set[str] = field(default_factory=set)
+
+    def lookup(self, name: str) -> tuple[bool, Any]:
+        scope: Scope | None = self
+        while scope is not None:
+            if name in scope.poisoned:
+                raise Poison()
+            if name in scope.vars:
+                return True, scope.vars[name]
+            scope = scope.parent
+        return False, None
+
+    def function_scope(self) -> "Scope":
+        scope = self
+        while not scope.is_function and scope.parent is not None:
+            scope = scope.parent
+        return scope
+
+    def visible_names(self) -> set[str]:
+        names: set[str] = set()
+        scope: Scope | None = self
+        while scope is not None:
+            names |= set(scope.vars)
+            scope = scope.parent
+        return names
+
+
+def sloc(loc: ast.Loc) -> SourceLoc:
+    """A syntax-tree location as the IR keeps it."""
+    return SourceLoc(file=loc.file, line=loc.line, column=loc.column, length=loc.length,
+                     start=loc.start, end=loc.end)
+
+
+def is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def is_graph(v: Any) -> bool:
+    """A graph value, a family of them, or several results: not a constant."""
+    return isinstance(v, (GraphValue, Family, tuple))
+
+
+def type_name(v: Any) -> str:
+    if isinstance(v, bool):
+        return "bool"
+    if v is None:
+        return "none"
+    if isinstance(v, GraphValue):
+        return "graph value"
+    if isinstance(v, Family):
+        return "per-task collection"
+    if isinstance(v, tuple):
+        return "several values"
+    if isinstance(v, TableValue):
+        return "table"
+    if isinstance(v, TableRow):
+        return "table row"
+    return {int: "int", float: "float", str: "str", list: "list", dict: "dict"}.get(type(v),
+                                                                               type(v).__name__)
+
+
+def short(value: Any) -> str:
+    """A value as a message quotes it: its repr in parentheses, cut after 40 characters."""
+    text = repr(value)
+    return f"({text[:40]}...)" if len(text) > 43 else f"({text})"
+
+
+def jsonable(value: Any) -> Any:
+    if isinstance(value, (TableValue, TableRow)):
+        return value.to_json()
+    return value
