@@ -7,9 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["check_spec", "compile_ir", "compile_model", "load_ir", "parse_override",
-           "resolve_profile", "resolve_spec_path"]
-
 from .checker import CheckedGraph, check_ir
 from .errors import Diagnostic, Diagnostics, SpecError, did_you_mean
 from .frontend import Lowerer, builtin_spec_dirs, iter_builtin_specs, parse_override
@@ -18,6 +15,9 @@ from .tasks import TaskError, TaskProfile, resolve_tasks
 
 if TYPE_CHECKING:  # pragma: no cover
     from .compiler import CompiledModel
+
+__all__ = ["build_model", "check_spec", "compile_ir", "compile_model", "load_ir", "parse_override",
+           "resolve_profile", "resolve_spec_path"]
 
 
 def resolve_spec_path(spec: str | Path) -> tuple[Path, str]:
