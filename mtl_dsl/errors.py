@@ -27,7 +27,13 @@ class Diagnostic:
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     def render(self) -> str:
-        out = [f"{self.file}:{self.line}:{self.column}: error: {self.message}"]
+        if self.line <= 0:  # no position: a flag, a folder, a whole file
+            where = self.file
+        elif self.column <= 0:
+            where = f"{self.file}:{self.line}"
+        else:
+            where = f"{self.file}:{self.line}:{self.column}"
+        out = [f"{where}: error: {self.message}"]
         if self.source_line:
             text = self.source_line.rstrip("\n").replace("\t", " ")
             if len(text) > 200:  # very long lines: show a window around the column
@@ -145,6 +151,22 @@ class Diagnostics:
     def raise_if_errors(self) -> None:
         if self.items:
             raise self.as_error()
+
+
+class UsageError(SpecError):
+    """A mistake outside a spec: a run-config key, a command-line flag, a data folder, a checkpoint.
+
+    It names where the mistake is (the flag as typed, the folder or file) and carries a line and
+    column only when there is a real one (a key of a YAML file); the CLI prints it like a spec
+    error and exits with status 2.
+    """
+
+
+def usage_error(where: str, message: str, hint: str = "", line: int = 0, column: int = 0,
+                source_line: str = "") -> UsageError:
+    """A :class:`UsageError` at ``where`` (``line`` 0: no position in it)."""
+    return UsageError(Diagnostic(file=where, line=line, column=column, message=message, hint=hint,
+                                 source_line=source_line))
 
 
 def did_you_mean(name: str, options: Iterable[str]) -> str:

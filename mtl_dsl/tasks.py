@@ -135,14 +135,18 @@ DEFAULT_PROFILE = "synthetic"
 
 
 def resolve_tasks(text: str | None) -> TaskProfile:
-    """A profile name, or an explicit comma-separated list such as ``semseg:13,depth,normals``.
+    """A profile name, or an explicit comma-separated list such as ``semseg:13,depth,normals``;
+    ``None`` is the default profile, an empty text an error.
 
     An explicit list takes its class counts from the synthetic profile where it gives none, and
     the synthetic input size.
     """
-    if text is None or text == "":
+    if text is None:
         return PROFILES[DEFAULT_PROFILE]
     text = text.strip()
+    if not text:
+        raise TaskError("the task list is empty (give a profile such as nyud, pascal or synthetic, "
+                        "or tasks such as semseg,depth)", text)
     if text in PROFILES:
         return PROFILES[text]
     if "," not in text and ":" not in text and text not in _FINAL_CHANNELS:

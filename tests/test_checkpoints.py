@@ -46,8 +46,29 @@ def test_roundtrip_model_and_optimizer_state(tmp_path):
     for p in model.parameters():
         q = dict(zip(map(id, model.parameters()), fresh.parameters()))[id(p)]
         assert torch.equal(opt.state[p]["exp_avg"], opt2.state[q]["exp_avg"])
-    # no pickle anywhere: the weights file is plain safetensors, the rest JSON
-    assert (path / "model.safetensors").read_bytes()[:8] != b"\x80\x04\x95"
+    # no pickle anywhere: each tensor file is safetensors (an 8-byte header length, then that
+    # many bytes of JSON naming every tensor), meta.json is JSON
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        _assert_safetensors(path / name)
+    assert json.loads((path / "meta.json").read_text())["step"] == 1
+
+
+def _assert_safetensors(file):
+    import struct
+
+    data = file.read_bytes()
+    assert data[:1] != b"\x80" and data[:2] != b"PK"  # neither a pickle nor torch.save's zip
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + length])
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    assert tensors and all({"dtype", "shape", "data_offsets"} <= set(v) for v in tensors.values())
+    assert 8 + length + max(v["data_offsets"][1] for v in tensors.values()) == len(data)
+
+
+def test_the_safetensors_check_tells_a_pickle_from_safetensors(tmp_path):
+    torch.save({"w": torch.zeros(2)}, tmp_path / "pickled.pt")
+    with pytest.raises((AssertionError, ValueError)):
+        _assert_safetensors(tmp_path / "pickled.pt")
 
 
 def test_crash_mid_write_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
@@ -126,3 +147,37 @@ def test_ir_hash_is_sha256_of_the_ir_json():
 
     assert ck.ir_hash('{"a": 1}') == hashlib.sha256(b'{"a": 1}').hexdigest()
     assert ck.ir_hash(None) == ""
+
+
+def test_a_full_disk_is_one_line_naming_the_folder_and_the_size(tmp_path, monkeypatch):
+    import errno
+
+    from mtl_dsl.runtime.failures import CheckpointWriteError
+
+    model = nn.Conv2d(3, 1024, 16)  # 786,432 + 1,024 floats: 3.0 MiB
+    first = _save(tmp_path / "step_1", model, 1)
+
+    def full(tensors, filename, metadata=None):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ck, "save_file", full)
+    with pytest.raises(CheckpointWriteError) as info:
+        _save(tmp_path / "step_2", model, 2)
+    assert str(info.value) == f"no space left on device while writing {tmp_path / 'step_2'} (4 MB needed)"
+    assert ck.latest_checkpoint(tmp_path) == first and not (tmp_path / "step_2").exists()
+
+
+def test_pruning_keeps_the_temporary_folder_of_a_live_writer(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    _save(tmp_path / "step_1", _model(), 1)
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                           text=True, check=True)
+    live = tmp_path / f".step_2.tmp-{os.getppid()}-0123abcd"  # pytest's parent: alive
+    dead = tmp_path / f".step_3.tmp-{int(ended.stdout)}-4567abcd"
+    live.mkdir()
+    dead.mkdir()
+    ck.prune_checkpoints(tmp_path, keep=1)
+    assert live.exists() and not dead.exists()

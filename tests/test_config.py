@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mtl_dsl.errors import SpecError
-from mtl_dsl.runtime.config import (OFFICIAL_LOSS_WEIGHTS, available_presets, load_config,
+from mtl_dsl.runtime.config import (OFFICIAL_LOSS_WEIGHTS, available_recipes, load_config,
                                     parse_set)
 
 
@@ -62,7 +62,9 @@ def test_set_overrides_dotted_keys_and_report_bad_ones():
                                            "tasks=semseg,depth"]))
     assert cfg.optimizer.lr == 0.05 and cfg.input_size() == (32, 48)
     assert cfg.profile().task_names == ["semseg", "depth"]
-    with pytest.raises(SpecError, match=r"^--set:1:1: error: unknown key 'training.foo'$"):
+    # the flag as typed, not a made-up position "--set:1:1", and the section's keys
+    with pytest.raises(SpecError, match=r"^--set training.foo=1: error: unknown key 'training.foo' "
+                                        r"\(the keys of 'training' are iterations, batch_size, .*\)$"):
         load_config(overrides=parse_set(["training.foo=1"]))
     with pytest.raises(SpecError, match="expected KEY=VALUE"):
         parse_set(["lr"])
@@ -91,7 +93,7 @@ def test_official_recipes(tmp_path, preset, dataset, optimizer, lr, wd, batch):
     root = tmp_path / dataset
     root.mkdir()
     path = tmp_path / "run.yaml"
-    path.write_text(f"preset: {preset}\ndataset: {{name: {dataset}, root: {root}}}\n")
+    path.write_text(f"recipe: {preset}\ndataset: {{name: {dataset}, root: {root}}}\n")
     cfg = load_config(path)
     assert (cfg.optimizer.name, cfg.learning_rate(), cfg.optimizer.weight_decay) == (optimizer, lr, wd)
     assert cfg.training.total_batch_size == batch and cfg.training.iterations == 40000
@@ -101,16 +103,16 @@ def test_official_recipes(tmp_path, preset, dataset, optimizer, lr, wd, batch):
     assert cfg.input_size() == ((425, 560) if dataset == "nyud" else (512, 512))
 
 
-def test_presets_shipped_and_unknown_preset():
-    assert {"atrc", "atrc_search", "baseline", "demt", "invpt", "tpanet"} <= set(available_presets())
-    assert load_config(preset="atrc_search").training.grad_clip == 10.0
-    with pytest.raises(SpecError, match="unknown preset 'atcr'.*did you mean 'atrc'"):
-        load_config(preset="atcr")
+def test_recipes_shipped_and_unknown_recipe():
+    assert {"atrc", "atrc_search", "baseline", "demt", "invpt", "tpanet"} <= set(available_recipes())
+    assert load_config(recipe="atrc_search").training.grad_clip == 10.0
+    with pytest.raises(SpecError, match="unknown recipe 'atcr'.*did you mean 'atrc'"):
+        load_config(recipe="atcr")
 
 
 def test_user_file_wins_over_preset(tmp_path):
     path = tmp_path / "run.yaml"
-    path.write_text("preset: demt\noptimizer: {lr: 0.003}\ntraining: {iterations: 10}\n")
+    path.write_text("recipe: demt\noptimizer: {lr: 0.003}\ntraining: {iterations: 10}\n")
     cfg = load_config(path)
     assert cfg.optimizer.name == "sgd" and cfg.optimizer.lr == 0.003 and cfg.training.iterations == 10
 
@@ -175,3 +177,125 @@ def test_runtime_modules_import_each_other_without_cycles():
     for name in sorted(graph):
         if name not in state:
             visit(name, [])
+
+
+# --- where an error points, and what it says -----------------------------------------------------
+
+def _cli_error(*argv: str) -> str:
+    """Run ``mtl-dsl ARGV`` in this process; it must exit 2 with one message and no traceback."""
+    import contextlib
+    import io
+
+    from mtl_dsl.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(list(argv)) == 2
+    assert "Traceback" not in err.getvalue()
+    return err.getvalue().strip()
+
+
+def test_invalid_yaml_points_at_the_line_and_column(tmp_path):
+    message = _error(tmp_path, "training:\n  iterations: 3\n  augment: [true, false\n")
+    assert message.startswith(f"{tmp_path / 'run.yaml'}:4:1: error: invalid YAML")
+
+
+def test_unknown_key_without_a_close_match_lists_the_keys_of_its_section(tmp_path):
+    message = _error(tmp_path, "schedule:\n  wobble: 3\n")
+    assert ":2:3: error: unknown key 'schedule.wobble'" in message
+    assert "the keys of 'schedule' are name, power, warmup_iters, warmup_ratio, min_lr" in message
+    message = _error(tmp_path, "zzz: 1\n")
+    assert "the keys of the top level are recipe, dataset, tasks" in message
+
+
+def test_recipe_and_preset_are_two_words(tmp_path):
+    message = _error(tmp_path, "preset: demt\n")
+    assert "unknown key 'preset'" in message and "recipe: NAME" in message and "model.preset" in message
+    message = _cli_error("train", "baseline_mt", "--recipe", "nope")
+    assert message.startswith("--recipe nope: error: unknown recipe 'nope'"), message
+    assert "preset" not in message
+    assert "recipes: atrc, atrc_search, baseline" in message
+
+
+def test_command_line_errors_name_the_flag_not_a_position():
+    message = _cli_error("train", "baseline_mt", "--set", "training.iterations=lots")
+    assert message.startswith("--set training.iterations=lots: error: key 'training.iterations'")
+    assert ":1:1:" not in message
+    assert _cli_error("train", "baseline_mt", "--input", "96by128").startswith("--input 96by128: error:")
+    assert _cli_error("train", "baseline_mt", "--workers", "0").startswith("--workers 0: error:")
+
+
+def test_an_empty_task_list_is_an_error(tmp_path):
+    message = _cli_error("train", "baseline_mt", "--tasks", "")
+    assert message.startswith("--tasks '': error: key 'tasks': the task list is empty"), message
+    assert "task list is empty" in _error(tmp_path, "tasks: []\n")
+    assert "task list is empty" in _error(tmp_path, "tasks: '  '\n")
+    from mtl_dsl.tasks import TaskError, resolve_tasks
+
+    with pytest.raises(TaskError, match="the task list is empty"):
+        resolve_tasks("")
+
+
+@pytest.mark.parametrize("key, value, kind", [
+    ("training.batch_size", "true", "integer"), ("training.iterations", "2.0", "integer"),
+    ("training.augment", "1", "boolean"), ("optimizer.lr", "true", "number"),
+    ("run.name", "7", "string"), ("training.input_size", "[32, 32.5]", "integer"),
+])
+def test_numbers_and_switches_are_strict(key, value, kind):
+    with pytest.raises(SpecError, match=rf"^--set {key}=.*: error: key '{key}(\.1)?': Input should be a valid {kind}"):
+        load_config(overrides=parse_set([f"{key}={value}"]))
+
+
+def test_yaml_1_2_numbers_are_numbers(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("optimizer: {lr: 1e-3, weight_decay: 5E-4}\nschedule: {min_lr: 1.0e-6}\n")
+    cfg = load_config(path)
+    assert (cfg.optimizer.lr, cfg.optimizer.weight_decay, cfg.schedule.min_lr) == (1e-3, 5e-4, 1e-6)
+    assert load_config(overrides=parse_set(["optimizer.lr=2e-5"])).optimizer.lr == 2e-5
+
+
+def test_a_config_file_over_the_size_limit_is_refused_before_reading(tmp_path):
+    from mtl_dsl.runtime.yaml_source import MAX_CONFIG_BYTES
+
+    path = tmp_path / "run.yaml"
+    with open(path, "wb") as f:
+        f.truncate(50 * 2**20)  # 50 MB (sparse)
+    with pytest.raises(SpecError) as info:
+        load_config(path)
+    assert str(info.value) == (f"{path}: error: config file is too large (52,428,800 bytes; the "
+                               f"limit is {MAX_CONFIG_BYTES:,})")
+
+
+def _alias_bomb(levels: int = 10) -> str:
+    """A flow mapping of ten-fold references: 10**levels values once aliases are expanded."""
+    items = ["a0: &a0 [" + ", ".join(["1"] * 10) + "]"]
+    items += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, levels)]
+    return "{" + ", ".join(items) + "}"
+
+
+def test_an_alias_bomb_inside_model_overrides_is_refused(tmp_path):
+    message = _error(tmp_path, f"model:\n  overrides: {_alias_bomb()}\n")
+    assert message.endswith("error: config expands to more than 100,000 values (YAML aliases "
+                            "repeat what they point to)")
+    with pytest.raises(SpecError, match=r"^--set model.overrides.x=.*: error: config expands to more than"):
+        load_config(overrides=parse_set([f"model.overrides.x={_alias_bomb()}"]))
+    small = load_config(overrides=parse_set([f"model.overrides.x={_alias_bomb(3)}"]))
+    assert len(small.model.overrides["x"]["a2"]) == 10  # 1,111 values: an ordinary use of aliases
+
+
+def test_deep_nesting_is_refused(tmp_path):
+    message = _error(tmp_path, "model:\n  overrides:\n    x: " + "[" * 100 + "]" * 100 + "\n")
+    assert "nested more than 64 levels" in message
+
+
+def test_min_lr_is_where_the_schedule_ends_and_must_be_below_lr(tmp_path):
+    from mtl_dsl.runtime.optim import learning_rate
+
+    cfg = load_config(overrides={"optimizer": {"lr": 0.01}, "schedule": {"min_lr": 1e-4, "warmup_iters": 0},
+                                 "training": {"iterations": 100}})
+    assert learning_rate(0, cfg) == pytest.approx(0.01)
+    assert learning_rate(100, cfg) == pytest.approx(1e-4)
+    assert learning_rate(50, cfg) == pytest.approx((0.01 - 1e-4) * 0.5 ** 0.9 + 1e-4)
+    cosine = cfg.model_copy(update={"schedule": cfg.schedule.model_copy(update={"name": "cosine"})})
+    assert learning_rate(100, cosine) == pytest.approx(1e-4)
+    assert "is not below the learning rate" in _error(tmp_path, "schedule: {min_lr: 0.01}\n")

@@ -7,11 +7,11 @@ import torch
 from PIL import Image
 
 from mtl_dsl.runtime import transforms as T
-from mtl_dsl.runtime.datasets import DatasetError, build_dataset, collate_samples, label_boundaries, thin
+from mtl_dsl.runtime.datasets import DatasetError, build_dataset, collate_samples
+from mtl_dsl.runtime.folder_datasets import RESOURCES, label_boundaries, thin
 from mtl_dsl.tasks import resolve_tasks
 
 H, W = 20, 24
-RESOURCES = __import__("mtl_dsl.runtime.datasets", fromlist=["RESOURCES"]).RESOURCES
 
 
 def _rgb(path, seed):

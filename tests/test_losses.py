@@ -1,4 +1,5 @@
-"""Losses and loss weighting against hand computations on tiny tensors (models.md §2.3)."""
+"""Losses and loss weighting against hand computations on tiny tensors (the official losses:
+github.com/brdav/atrc, src/model/criterion.py)."""
 from __future__ import annotations
 
 import math

@@ -214,7 +214,7 @@ def test_baseline_direction_must_agree():
 
 
 def test_delta_m_against_a_baseline_file(tmp_path):
-    # The HRNet18 NYUD single-task row of models.md 2.5 and an invented multi-task result whose
+    # The HRNet18 NYUD single-task row of the ATRC paper (Tables 1 and 2) and an invented multi-task result whose
     # relative changes are +2.31 % (mIoU), +1.54 % (RMSE lower), +2.20 % (normals lower), +0.16 %.
     path = tmp_path / "st.yaml"
     path.write_text(

@@ -50,9 +50,35 @@ def test_only_the_profile_tasks_are_returned():
     assert int(item["semseg"].max()) <= 2  # 2 object classes + background
 
 
-def test_parts_count_must_match_the_scenes():
-    with pytest.raises(ValueError, match="4 part labels"):
-        SyntheticDataset("train", length=1, tasks=resolve_tasks("human_parts:7"))
+def test_the_scenes_serve_the_pascal_profile_with_seven_part_labels():
+    ds = SyntheticDataset("train", size=(48, 64), length=6, tasks=resolve_tasks("pascal"))
+    parts = torch.stack([ds[i]["human_parts"] for i in range(len(ds))])
+    seg = torch.stack([ds[i]["semseg"] for i in range(len(ds))])
+    assert set(parts.unique().tolist()) == set(range(7))  # background, top and five bands
+    assert int(seg.max()) <= 20 and ((parts > 0) == (seg > 0)).all()
+
+
+def test_part_bands_run_from_the_top_of_each_object_down():
+    s = render_sample(0, "train", 1, SIZE, num_parts=7)
+    parts, depth = s["human_parts"][..., 0], s["depth"][..., 0]
+    seg = s["semseg"][..., 0]
+    # image rows grow downwards: on every column of an object the band label never decreases
+    # from one pixel to the one below it while both are bands of the same object
+    same = (seg[1:] == seg[:-1]) & (parts[1:] >= 2) & (parts[:-1] >= 2) & \
+        (np.abs(depth[1:] - depth[:-1]) < 0.05)
+    assert same.sum() > 100 and (parts[1:][same] >= parts[:-1][same]).all()
+    # four labels are the two halves of before: band thresholds at the object's centre
+    four = render_sample(0, "train", 1, SIZE)["human_parts"][..., 0]
+    assert set(np.unique(four).tolist()) <= {0, 1, 2, 3}
+    assert ((four >= 2) == (parts >= 2)).all()
+
+
+@pytest.mark.parametrize("count", [2, 17])
+def test_part_counts_the_scenes_cannot_draw_are_refused_in_one_line(count):
+    with pytest.raises(ValueError) as info:
+        SyntheticDataset("train", length=1, tasks=resolve_tasks(f"human_parts:{count}"))
+    assert str(info.value) == (f"the synthetic scenes have 3 to 16 part labels; the task profile "
+                               f"asks for {count} (use e.g. --tasks human_parts:7)")
 
 
 @pytest.mark.parametrize("index", range(6))

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mtl_dsl.errors import UsageError
 from mtl_dsl.runtime.checkpoints import load_checkpoint, read_meta
 from mtl_dsl.runtime.config import load_config
 from mtl_dsl.runtime.callbacks import CrashAfterStep, PoisonLoss, SimulatedCrash
@@ -84,7 +85,7 @@ def test_resume_after_a_crash_ends_with_the_same_weights(tmp_path):
     with pytest.raises(SimulatedCrash):  # dies after step 8; the last checkpoint is step 6
         run_training(TinyNet, crashed_cfg, plain=True, progress=_quiet,
                      callbacks=[CrashAfterStep(8, tmp_path / "crashed.marker", rank=0)])
-    with pytest.raises(Exception, match="already has checkpoints; pass --resume"):
+    with pytest.raises(UsageError, match="already has checkpoints; pass --resume"):
         run_training(TinyNet, crashed_cfg, plain=True, progress=_quiet)
     notes = []
     resumed = run_training(TinyNet, crashed_cfg, plain=True, resume=True, progress=notes.append)
@@ -204,6 +205,75 @@ def test_predict_writes_one_png_per_task_per_image(tmp_path):
         assert img.size == (40, 30) and img.mode == "RGB"
     with Image.open(tmp_path / "out" / "b_depth.png") as img:
         assert img.size == (20, 20) and img.mode == "L"
-    with pytest.raises(Exception, match="cannot read image"):
+    with pytest.raises(UsageError, match="cannot read image"):
         (tmp_path / "bad.png").write_bytes(b"not a png")
         run_predict(TinyNet, result.run_dir, [tmp_path / "bad.png"], tmp_path / "out")
+
+
+def test_a_short_run_validates_a_short_set_by_default(tmp_path):
+    cfg = load_config(overrides={
+        "tasks": "semseg,depth", "dataset": {"length": 12, "cache": True},
+        "training": {"iterations": 3, "batch_size": 4, "input_size": [32, 32], "augment": False,
+                     "eval_interval": 0, "checkpoint_interval": 0, "log_interval": 3},
+        "run": {"storage": str(tmp_path), "name": "short"}})
+    assert cfg.dataset.val_length is None and cfg.training.eval_batches is None
+    result = run_training(TinyNet, cfg, plain=True, progress=_quiet)
+    assert [e["images"] for e in result.evaluations] == [4]  # one batch, not the 200-image split
+    longer = cfg.model_copy(update={"training": cfg.training.model_copy(update={"iterations": 100})})
+    assert longer.synthetic_val_length() == 40 and longer.validation_images() == 40
+    assert longer.model_copy(update={"training": cfg.training.model_copy(
+        update={"iterations": 40000})}).synthetic_val_length() == 200
+
+
+def test_the_keys_a_user_turns_most_are_documented():
+    from mtl_dsl.cli import build_parser
+
+    parser = build_parser()
+    train = parser._subparsers._group_actions[0].choices["train"]
+    text = train.format_help()
+    for key in ("dataset.val_length", "training.eval_batches", "training.iterations",
+                "training.batch_size", "dataset.skip_bad_samples", "optimizer.lr"):
+        assert key in text, key
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "dataset.val_length" in readme and "training.eval_batches" in readme
+
+
+def test_tpanet_trains_on_the_built_in_scenes_for_the_pascal_profile(tmp_path):
+    cfg = load_config(overrides={
+        "tasks": "pascal", "model": {"overrides": {"backbone": "resnet18", "dim": 12}},
+        "dataset": {"length": 2, "val_length": 1},
+        "training": {"iterations": 1, "batch_size": 2, "input_size": [32, 32], "augment": False,
+                     "eval_interval": 0, "checkpoint_interval": 0},
+        "run": {"storage": str(tmp_path), "name": "pascal", "threads_per_worker": 1}})
+    result = run_training("tpanet", cfg, plain=True, progress=_quiet)
+    assert result.step == 1 and set(result.history[-1]["losses"]) == {
+        "semseg", "human_parts", "sal", "normals", "edge"}
+    assert read_meta(result.checkpoint)["profile"]["tasks"][1] == {
+        "name": "human_parts", "channels": 7, "aux_channels": 7}
+
+
+def test_predict_scales_16_bit_and_palette_images_to_8_bits(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from mtl_dsl.runtime.evaluate import load_image
+
+    ramp = (np.arange(12 * 16).reshape(12, 16) * 300).astype(np.uint16)  # 0 .. 57,300
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    with Image.open(tmp_path / "deep.png") as img:
+        assert img.mode == "I;16"
+    eight = np.rint(ramp * (255 / 65535)).astype(np.uint8)
+    Image.fromarray(np.repeat(eight[..., None], 3, axis=2)).save(tmp_path / "eight.png")
+    deep, size = load_image(tmp_path / "deep.png", (12, 16))
+    assert size == (16, 12) and torch.equal(deep, load_image(tmp_path / "eight.png", (12, 16))[0])
+    assert float(deep.std()) > 0.5  # not saturated to white
+    palette = Image.fromarray(np.array([[0, 1], [2, 1]], dtype=np.uint8), mode="P")
+    palette.putpalette([10, 20, 30, 200, 100, 50, 0, 255, 0])
+    palette.save(tmp_path / "palette.png")
+    Image.fromarray(np.array([[[10, 20, 30], [200, 100, 50]], [[0, 255, 0], [200, 100, 50]]],
+                             dtype=np.uint8)).save(tmp_path / "rgb.png")
+    assert torch.equal(load_image(tmp_path / "palette.png", (2, 2))[0],
+                       load_image(tmp_path / "rgb.png", (2, 2))[0])
+    Image.fromarray(np.ones((4, 4), dtype=np.float32)).save(tmp_path / "float.tif")
+    with pytest.raises(UsageError, match=r"cannot use image .*float.tif: floating-point image \(mode F\)"):
+        load_image(tmp_path / "float.tif", (4, 4))

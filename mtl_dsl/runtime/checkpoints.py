@@ -16,9 +16,12 @@ written last.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import math
 import os
+import re
 import shutil
 import uuid
 from dataclasses import dataclass, field
@@ -29,7 +32,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ..errors import SpecError, simple_error
+from ..errors import SpecError, usage_error
+from .failures import CheckpointWriteError
 
 FORMAT = "mtl-dsl-checkpoint/1"
 MODEL_FILE = "model.safetensors"
@@ -108,8 +112,23 @@ def _tensors_for_file(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
 
 def save_checkpoint(target: str | Path, model_state: dict[str, torch.Tensor],
                     state_tensors: dict[str, torch.Tensor], meta: dict) -> Path:
-    """Write a checkpoint directory atomically; returns its path."""
+    """Write a checkpoint directory atomically; returns its path.
+
+    A full disk raises ``CheckpointWriteError`` ("no space left on device while writing DIR
+    (N MB needed)"); the earlier checkpoints stay as they were."""
     target = Path(target)
+    try:
+        return _write_checkpoint(target, model_state, state_tensors, meta)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        needed = sum(t.numel() * t.element_size() for t in (*model_state.values(), *state_tensors.values()))
+        raise CheckpointWriteError(f"no space left on device while writing {target} "
+                                   f"({max(1, math.ceil(needed / 2**20))} MB needed)") from None
+
+
+def _write_checkpoint(target: Path, model_state: dict[str, torch.Tensor],
+                      state_tensors: dict[str, torch.Tensor], meta: dict) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
@@ -153,15 +172,29 @@ def _json_default(value: Any):
 
 
 def prune_checkpoints(folder: str | Path, keep: int) -> None:
-    """Delete all but the ``keep`` newest (by step) checkpoints in ``folder``, and stale temp dirs."""
+    """Delete all but the ``keep`` newest (by step) checkpoints in ``folder``, and the temporary
+    folders of writers that are no longer running."""
     folder = Path(folder)
     found = sorted(list_checkpoints(folder), key=lambda p: _step_of(p))
     for path in found[:-keep] if keep > 0 else found:
         shutil.rmtree(path, ignore_errors=True)
     for stale in folder.glob(".*.tmp-*"):
-        pid = stale.name.rsplit("-", 2)[-2] if stale.name.count("-") >= 2 else ""
-        if pid != str(os.getpid()):
+        match = re.search(r"\.tmp-(\d+)-[0-9a-f]+$", stale.name)
+        if match is None or not pid_alive(int(match.group(1))):
             shutil.rmtree(stale, ignore_errors=True)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this id runs on this machine."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # --- reading --------------------------------------------------------------------------------------
@@ -181,34 +214,34 @@ class LoadedCheckpoint:
 
 def _read_safetensors(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
     if not path.is_file():
-        raise simple_error(str(path), f"checkpoint file missing: {path}")
+        raise usage_error(str(path), f"checkpoint file missing: {path}")
     try:
         with safe_open(str(path), framework="pt", device=device) as f:
             return {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise simple_error(str(path), f"corrupt checkpoint file {path}: {exc}") from None
+        raise usage_error(str(path), f"corrupt checkpoint file {path}: {exc}") from None
 
 
 def read_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     if not path.is_file():
-        raise simple_error(str(path), f"checkpoint file missing: {path}")
+        raise usage_error(str(path), f"checkpoint file missing: {path}")
     try:
         with safe_open(str(path), framework="pt") as f:
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise simple_error(str(path), f"corrupt checkpoint file {path}: {exc}") from None
+        raise usage_error(str(path), f"corrupt checkpoint file {path}: {exc}") from None
 
 
 def read_meta(path: str | Path) -> dict:
     file = Path(path) / META_FILE
     if not file.is_file():
-        raise simple_error(str(file), f"not a checkpoint (no {META_FILE}): {Path(path)}")
+        raise usage_error(str(file), f"not a checkpoint (no {META_FILE}): {Path(path)}")
     try:
         meta = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise simple_error(str(file), f"corrupt checkpoint file {file}: {exc}") from None
+        raise usage_error(str(file), f"corrupt checkpoint file {file}: {exc}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise simple_error(str(file), f"{file} is not an mtl-dsl checkpoint (format {FORMAT})")
+        raise usage_error(str(file), f"{file} is not an mtl-dsl checkpoint (format {FORMAT})")
     return meta
 
 
@@ -221,26 +254,34 @@ def load_checkpoint(path: str | Path, with_state: bool = True) -> LoadedCheckpoi
 
 
 def _step_of(path: Path) -> int:
+    """The step of a checkpoint folder: from its meta.json, else from its name (step_00000100)."""
     try:
         return int(json.loads((path / META_FILE).read_text(encoding="utf-8")).get("step", -1))
-    except (OSError, ValueError, UnicodeDecodeError):
-        return -1
+    except (OSError, ValueError, UnicodeDecodeError, AttributeError):
+        match = re.fullmatch(r"step_(\d+)", path.name)
+        return int(match.group(1)) if match else -1
 
 
 def list_checkpoints(folder: str | Path) -> list[Path]:
     """Complete checkpoint directories directly under ``folder`` or one level deeper."""
+    return [p for p in _candidates(folder) if (p / META_FILE).is_file()]
+
+
+def _candidates(folder: str | Path) -> list[Path]:
+    """Folders under ``folder`` (or one level deeper) that hold a meta.json or are named like a
+    checkpoint (``step_N``): what a reader must look at, corrupt ones included."""
     folder = Path(folder)
-    found = []
+    found: list[Path] = []
     if not folder.is_dir():
         return found
     for child in folder.iterdir():
-        if child.name.startswith("."):
+        if child.name.startswith(".") or not child.is_dir():
             continue
-        if (child / META_FILE).is_file():
+        if (child / META_FILE).is_file() or re.fullmatch(r"step_\d+", child.name):
             found.append(child)
-        elif child.is_dir():
-            found.extend(g for g in child.iterdir()
-                         if not g.name.startswith(".") and (g / META_FILE).is_file())
+        else:
+            found.extend(g for g in child.iterdir() if not g.name.startswith(".") and g.is_dir()
+                         and ((g / META_FILE).is_file() or re.fullmatch(r"step_\d+", g.name)))
     return found
 
 
@@ -249,17 +290,48 @@ def latest_checkpoint(folder: str | Path) -> Path | None:
     return max(found, key=_step_of) if found else None
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory, or a run folder (-> its newest checkpoint)."""
+def checkpoint_problem(path: Path) -> str | None:
+    """Why the checkpoint at ``path`` cannot be loaded (a missing, corrupt or truncated file), or
+    None; reads only meta.json and the safetensors headers."""
+    try:
+        read_meta(path)
+        read_shapes(path / MODEL_FILE)
+        read_shapes(path / STATE_FILE)
+    except SpecError as exc:
+        return exc.message
+    return None
+
+
+def newest_usable(folder: str | Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """(the newest checkpoint of a run folder that can be loaded, the newer ones skipped with the
+    reason for each)."""
+    skipped: list[tuple[Path, str]] = []
+    for path in sorted(_candidates(folder), key=_step_of, reverse=True):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path, skipped
+        skipped.append((path, problem))
+    return None, skipped
+
+
+def resolve_checkpoint(path: str | Path, skipped: list | None = None) -> Path:
+    """A checkpoint directory, or a run folder (-> its newest usable checkpoint; the corrupt newer
+    ones are appended to ``skipped`` as (path, reason))."""
     path = Path(path)
     if not path.exists():
-        raise simple_error(str(path), f"checkpoint not found: {path}")
+        raise usage_error(str(path), f"checkpoint not found: {path}")
     if (path / META_FILE).is_file():
         return path
-    latest = latest_checkpoint(path)
-    if latest is None:
-        raise simple_error(str(path), f"no checkpoint in {path} (looked for */{META_FILE})")
-    return latest
+    found, passed = newest_usable(path)
+    if skipped is not None:
+        skipped.extend(passed)
+    if found is None:
+        if passed:
+            raise usage_error(str(path), f"no usable checkpoint in {path}: {passed[0][0].name}: "
+                                         f"{passed[0][1]}" + (f" (and {len(passed) - 1} more)"
+                                                              if len(passed) > 1 else ""))
+        raise usage_error(str(path), f"no checkpoint in {path} (looked for */{META_FILE})")
+    return found
 
 
 # --- matching a checkpoint against a model -----------------------------------------------------------
@@ -294,7 +366,7 @@ def check_matches(model: torch.nn.Module, checkpoint_path: str | Path) -> None:
         parts.append(f"unexpected {len(unexpected)}: {_listing(unexpected)}")
     if shape:
         parts.append(f"shape differs {len(shape)}: {_listing(shape)}")
-    raise simple_error(str(checkpoint_path),
+    raise usage_error(str(checkpoint_path),
                        f"checkpoint {checkpoint_path} does not match the spec's graph: " + "; ".join(parts))
 
 
@@ -304,5 +376,6 @@ def load_model_weights(model: torch.nn.Module, checkpoint: LoadedCheckpoint) -> 
 
 
 __all__ = ["SpecError", "save_checkpoint", "load_checkpoint", "check_matches", "latest_checkpoint",
-           "list_checkpoints", "flatten_optimizer", "unflatten_optimizer", "ir_hash", "read_meta",
-           "resolve_checkpoint", "prune_checkpoints", "load_model_weights"]
+           "list_checkpoints", "newest_usable", "checkpoint_problem", "flatten_optimizer",
+           "unflatten_optimizer", "ir_hash", "read_meta", "resolve_checkpoint", "prune_checkpoints",
+           "load_model_weights", "pid_alive"]

@@ -41,12 +41,35 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verbose", action="store_true", help="show Ray's own log output")
 
 
+RUN_KEYS_HELP = """\
+run-config keys a user turns most (--set KEY=VALUE, or in a --config YAML file):
+  training.iterations=300          steps (also --iterations)
+  training.batch_size=8            images per worker and step
+  training.input_size=[96,128]     H, W (also --input 96x128); default: the dataset's
+  training.eval_interval=100       steps between evaluations (0: only at the end)
+  training.checkpoint_interval=100 steps between checkpoints (0: only at the end)
+  dataset.val_length=N             synthetic val images; default: sized to the run (a tenth
+                                   of the images trained on, at least one batch, at most 200)
+  training.eval_batches=N          cap on val batches per evaluation and worker (default:
+                                   sized to the run, as dataset.val_length)
+  dataset.name=nyud dataset.root=DIR   a real dataset (synthetic, nyud, pascal)
+  dataset.length=1000              synthetic train images
+  dataset.skip_bad_samples=true    skip (and count) unreadable samples instead of stopping
+  optimizer.name=adam optimizer.lr=0.001 schedule.name=poly schedule.min_lr=0
+  run.threads_per_worker=N         torch threads per worker
+a plain NAME=VALUE is a model parameter (backbone=resnet18, dim=64); every key: README.md
+"""
+
+
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("train", help="train a spec with Ray Train (default: synthetic data, local CPU/GPU)")
+    formatter = argparse.RawDescriptionHelpFormatter
+    p = subparsers.add_parser("train", help="train a spec with Ray Train (default: synthetic data, local CPU/GPU)",
+                              epilog=RUN_KEYS_HELP, formatter_class=formatter)
     _add_run_arguments(p)
     p.set_defaults(func=cmd_train)
 
-    p = subparsers.add_parser("search", help="ATRC architecture search on the spec's supergraph")
+    p = subparsers.add_parser("search", help="ATRC architecture search on the spec's supergraph",
+                              epilog=RUN_KEYS_HELP, formatter_class=formatter)
     _add_run_arguments(p)
     p.set_defaults(func=cmd_search)
 
@@ -73,54 +96,52 @@ def register(subparsers: Any) -> None:
 # --- building the run config from the flags ---------------------------------------------------------
 
 
-def _flag_overrides(args: argparse.Namespace) -> tuple[dict, dict]:
-    """(run-config overrides, model parameter overrides) from the command line."""
-    from ..errors import simple_error
+_FLAG_KEYS = (("tasks", "tasks"), ("workers", "run.workers"), ("gpus_per_worker", "run.gpus_per_worker"),
+              ("address", "run.address"), ("run_name", "run.name"), ("storage", "run.storage"),
+              ("iterations", "training.iterations"), ("preset", "model.preset"))
+
+
+def _flag(args_name: str, value: Any) -> str:
+    import shlex
+
+    return f"--{args_name.replace('_', '-')} {shlex.quote(str(value))}"
+
+
+def flag_overrides(args: argparse.Namespace):
+    """The run-config overrides of the command line (``config.Overrides``: each key remembers the
+    flag that set it)."""
+    from ..errors import SpecError, usage_error
     from .config import parse_set
 
-    dotted = [o for o in getattr(args, "overrides", []) if "." in o.partition("=")[0]]
-    plain = [o for o in getattr(args, "overrides", []) if "." not in o.partition("=")[0]]
-    run = parse_set(dotted)
-    model: dict = {}
-    if plain:
+    items = getattr(args, "overrides", [])
+    run = parse_set([o for o in items if "." in o.partition("=")[0]])
+    for item in (o for o in items if "." not in o.partition("=")[0]):
         from ..api import parse_override
 
-        model = dict(parse_override(o) for o in plain)
-
-    def put(path: str, value: Any) -> None:
-        if value is None:
-            return
-        node = run
-        keys = path.split(".")
-        for key in keys[:-1]:
-            node = node.setdefault(key, {})
-        node[keys[-1]] = value
-
-    put("tasks", getattr(args, "tasks", None))
-    put("run.workers", getattr(args, "workers", None))
-    put("run.gpus_per_worker", getattr(args, "gpus_per_worker", None))
-    put("run.address", getattr(args, "address", None))
-    put("run.name", getattr(args, "run_name", None))
-    put("run.storage", getattr(args, "storage", None))
-    put("training.iterations", getattr(args, "iterations", None))
-    put("model.preset", getattr(args, "preset", None))
+        try:
+            name, value = parse_override(item)
+        except SpecError as exc:
+            raise usage_error(f"--set {item}", exc.message, exc.hint) from None
+        run.put(f"model.overrides.{name}", value, f"--set {item}")
+    for name, dotted in _FLAG_KEYS:
+        value = getattr(args, name, None)
+        if value is not None:
+            run.put(dotted, value, _flag(name, value))
     text = getattr(args, "input", None)
     if text is not None:
         try:
             h, w = (int(v) for v in text.lower().replace(",", "x").split("x"))
         except ValueError:
-            raise simple_error("--input", f"expected HxW such as 96x128, got '{text}'") from None
-        put("training.input_size", [h, w])
-    if model:
-        run.setdefault("model", {}).setdefault("overrides", {}).update(model)
-    return run, model
+            raise usage_error(_flag("input", text), f"expected HxW such as 96x128, got '{text}'") from None
+        run.put("training.input_size", [h, w], _flag("input", text))
+    return run
 
 
 def build_config(args: argparse.Namespace):
     from .config import load_config
 
-    run, _ = _flag_overrides(args)
-    return load_config(args.config, overrides=run or None, preset=getattr(args, "recipe", None))
+    run = flag_overrides(args)
+    return load_config(args.config, overrides=run or None, recipe=getattr(args, "recipe", None))
 
 
 # --- handlers ------------------------------------------------------------------------------------------
@@ -165,36 +186,31 @@ def _eval_config(args: argparse.Namespace):
     """The run config of ``eval``: --config, else the checkpoint's; --set on top of either."""
     if args.config is None and not args.overrides:
         return None  # the run config stored in the checkpoint
-    import tempfile
-    from pathlib import Path
+    from .checkpoints import META_FILE, read_meta, resolve_checkpoint
+    from .config import load_config
 
-    import yaml
-
-    from .checkpoints import read_meta, resolve_checkpoint
-    from .config import _merge, load_config
-
-    overrides, _ = _flag_overrides(args)
+    overrides = flag_overrides(args)
     if args.config is not None:
         return load_config(args.config, overrides=overrides or None)
-    stored = read_meta(resolve_checkpoint(args.checkpoint)).get("run_config", {})
-    merged = _merge(stored, overrides)
-    merged.pop("preset", None)  # already applied when the run was trained
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "checkpoint-run-config.yaml"
-        path.write_text(yaml.safe_dump(merged))
-        return load_config(path)
+    path = resolve_checkpoint(args.checkpoint)
+    stored = read_meta(path).get("run_config", {})
+    return load_config(overrides=overrides or None, base=(stored, str(path / META_FILE)))
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..errors import simple_error
+    from ..errors import usage_error
     from .datasets import DatasetError
     from .evaluate import run_eval
+    from .failures import TrainingError
 
     try:
         _, table = run_eval(args.spec, args.checkpoint, _eval_config(args), args.baseline,
                             max_batches=args.max_batches)
     except DatasetError as exc:
-        raise simple_error("dataset", str(exc)) from None
+        raise usage_error("dataset", str(exc)) from None
+    except TrainingError as exc:  # an unreadable sample
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     print(table)
     return 0
 

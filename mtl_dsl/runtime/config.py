@@ -1,31 +1,45 @@
 """The run config: what to train on, with which losses, optimiser and schedule, and where to write.
 
-A run config is YAML, read with ``yaml.safe_load`` and validated by pydantic (unknown keys are
-errors). Layers, from lowest to highest priority: the embedded default (a quick CPU run on the
-synthetic scenes), a named preset (``configs/<name>.yaml``, e.g. the official ATRC recipe), the
-user's file, then command-line overrides (``--set optimizer.lr=0.01``). Every mistake is reported
-as one line naming the key by its dotted path (and its line in the file when it has one) before
-any worker starts. This module does not import torch.
+A run config is YAML, read safely under size, nesting and alias-expansion limits
+(``yaml_source.py``) and validated by pydantic: unknown keys are errors, and numbers and switches
+are strict (``training.batch_size: true`` is an error, not 1). Layers, from lowest to highest
+priority: the embedded default (a quick CPU run on the synthetic scenes), a training recipe
+(``configs/<name>.yaml``, e.g. the official ATRC recipe; ``recipe: NAME`` or ``--recipe NAME``),
+the user's file, then command-line flags (``--set optimizer.lr=0.01``, ``--tasks``, ...). Every
+mistake is reported as one ``UsageError`` naming the key by its dotted path where it was written:
+the file, line and column of a YAML key, or the flag as typed. This module does not import torch.
+
+"Recipe" is the word for a training configuration (``configs/``); "preset" is a named set of a
+spec's model parameters (``model.preset``, ``--preset``).
 """
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
 
-from ..errors import SpecError, did_you_mean, simple_error
+from ..errors import UsageError, did_you_mean, usage_error
 from ..tasks import DATASETS, PROFILES, TaskError, TaskProfile, resolve_tasks
+from .yaml_source import FileSource, FlagSource, Source, load_yaml, read_yaml_file
 
-# The official per-task loss weights (models.md §2.3; identical for ATRC/DeMT/TPANet/InvPT).
+# The official per-task loss weights, identical for ATRC, DeMT, TPANet and InvPT (ATRC:
+# github.com/brdav/atrc, src/model/builder.py, ``get_criterion``).
 OFFICIAL_LOSS_WEIGHTS: dict[str, float] = {
     "semseg": 1.0, "human_parts": 2.0, "sal": 5.0, "normals": 10.0, "depth": 1.0, "edge": 50.0,
 }
 DatasetName = Literal[DATASETS]  # type: ignore[valid-type]
-PRESET_DIRS = (Path(__file__).resolve().parents[2] / "configs",
+RECIPE_DIRS = (Path(__file__).resolve().parents[2] / "configs",
                Path(__file__).resolve().parents[1] / "configs")
+SYNTHETIC_VAL_IMAGES = 200  # the synthetic val split when validation is not limited by the run
+
+# Strict scalars: YAML's ``true`` is not the integer 1, nor the text "1" a number.
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict()]  # an int is still a valid float
+Bool = Annotated[bool, Strict()]
+Str = Annotated[str, Strict()]
 
 
 class _Section(BaseModel):
@@ -34,54 +48,59 @@ class _Section(BaseModel):
 
 class DatasetConfig(_Section):
     name: DatasetName = "synthetic"
-    root: Optional[str] = None  # the dataset folder; required for nyud and pascal
-    data_workers: int = Field(0, ge=0, le=64)  # DataLoader worker processes per training worker
-    length: Optional[int] = Field(None, ge=1)  # synthetic only: images in the train split
-    val_length: Optional[int] = Field(None, ge=1)  # synthetic only: images in the val split
-    cache: bool = False  # synthetic only: keep generated scenes in memory
+    root: Optional[Str] = None  # the dataset folder; required for nyud and pascal
+    data_workers: Int = Field(0, ge=0, le=64)  # DataLoader worker processes per training worker
+    length: Optional[Int] = Field(None, ge=1)  # synthetic only: images in the train split
+    # synthetic only: images in the val split; default: sized to the run (validation_images())
+    val_length: Optional[Int] = Field(None, ge=1)
+    cache: Bool = False  # synthetic only: keep generated scenes in memory
+    # A sample whose file cannot be read: False stops the run naming the file; True skips it
+    # (the next readable sample takes its place) and counts it.
+    skip_bad_samples: Bool = False
 
 
 class LossConfig(_Section):
-    weights: dict[str, float] = Field(default_factory=dict)  # per task; missing = official weight
-    edge_pos_weight: Optional[float] = Field(None, gt=0.0, lt=1.0)  # None = the dataset's
+    weights: dict[str, Float] = Field(default_factory=dict)  # per task; missing = official weight
+    edge_pos_weight: Optional[Float] = Field(None, gt=0.0, lt=1.0)  # None = the dataset's
     weighting: Literal["fixed", "uncertainty", "dwa"] = "fixed"
-    dwa_temperature: float = Field(2.0, gt=0.0)
-    dwa_interval: int = Field(100, ge=1)  # iterations averaged per DWA "epoch"
+    dwa_temperature: Float = Field(2.0, gt=0.0)
+    dwa_interval: Int = Field(100, ge=1)  # iterations averaged per DWA "epoch"
 
 
 class OptimizerConfig(_Section):
     name: Literal["sgd", "adam", "adamw"] = "adam"
-    lr: float = Field(1e-3, gt=0.0)
+    lr: Float = Field(1e-3, gt=0.0)
     # Per-dataset learning rates of a recipe (ATRC: 0.01 on NYUD, 0.005 on PASCAL); wins over lr.
-    lr_per_dataset: dict[DatasetName, float] = Field(default_factory=dict)
-    momentum: float = Field(0.9, ge=0.0, lt=1.0)  # SGD only
-    betas: tuple[float, float] = (0.9, 0.999)  # Adam/AdamW only
-    weight_decay: float = Field(0.0, ge=0.0)  # Adam: coupled L2 (as InvPT); AdamW: decoupled
-    arch_lr: float = Field(5e-4, gt=0.0)  # Adam on architecture parameters (ATRC search)
-    arch_weight_decay: float = Field(0.0, ge=0.0)
+    lr_per_dataset: dict[DatasetName, Float] = Field(default_factory=dict)
+    momentum: Float = Field(0.9, ge=0.0, lt=1.0)  # SGD only
+    betas: tuple[Float, Float] = (0.9, 0.999)  # Adam/AdamW only
+    weight_decay: Float = Field(0.0, ge=0.0)  # Adam: coupled L2 (as InvPT); AdamW: decoupled
+    arch_lr: Float = Field(5e-4, gt=0.0)  # Adam on architecture parameters (ATRC search)
+    arch_weight_decay: Float = Field(0.0, ge=0.0)
 
 
 class ScheduleConfig(_Section):
     name: Literal["poly", "cosine", "constant"] = "poly"
-    power: float = Field(0.9, gt=0.0)  # poly: lr * (1 - step/iterations) ** power
-    warmup_iters: int = Field(0, ge=0)  # linear warm-up from warmup_ratio * lr
-    warmup_ratio: float = Field(1e-3, ge=0.0, le=1.0)
-    min_lr: float = Field(0.0, ge=0.0)
+    power: Float = Field(0.9, gt=0.0)  # poly: (lr - min_lr) * (1 - step/iterations) ** power + min_lr
+    warmup_iters: Int = Field(0, ge=0)  # linear warm-up from warmup_ratio * lr
+    warmup_ratio: Float = Field(1e-3, ge=0.0, le=1.0)
+    min_lr: Float = Field(0.0, ge=0.0)  # the rate the decay ends at (below lr)
 
 
 class TrainingConfig(_Section):
-    iterations: int = Field(300, ge=1, le=100_000_000)
-    batch_size: int = Field(8, ge=1, le=65_536)  # per worker
-    total_batch_size: Optional[int] = Field(None, ge=1)  # if set: batch_size = total / workers
-    input_size: Optional[tuple[int, int]] = None  # (H, W); None = the task profile's
-    augment: bool = True
+    iterations: Int = Field(300, ge=1, le=100_000_000)
+    batch_size: Int = Field(8, ge=1, le=65_536)  # per worker
+    total_batch_size: Optional[Int] = Field(None, ge=1)  # if set: batch_size = total / workers
+    input_size: Optional[tuple[Int, Int]] = None  # (H, W); None = the task profile's
+    augment: Bool = True
     mixed_precision: Literal["off", "bf16", "fp16"] = "off"  # always off on CPU
-    seed: int = 0
-    grad_clip: Optional[float] = Field(None, gt=0.0)  # max global gradient norm
-    eval_interval: int = Field(100, ge=0)  # 0 = only at the end
-    checkpoint_interval: int = Field(100, ge=0)  # 0 = only at the end
-    log_interval: int = Field(10, ge=1)
-    eval_batches: Optional[int] = Field(None, ge=1)  # cap on validation batches per evaluation
+    seed: Int = 0
+    grad_clip: Optional[Float] = Field(None, gt=0.0)  # max global gradient norm
+    eval_interval: Int = Field(100, ge=0)  # 0 = only at the end
+    checkpoint_interval: Int = Field(100, ge=0)  # 0 = only at the end
+    log_interval: Int = Field(10, ge=1)
+    # cap on validation batches per worker and evaluation; default: sized to the run
+    eval_batches: Optional[Int] = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _positive_size(self):
@@ -92,27 +111,27 @@ class TrainingConfig(_Section):
 
 class ModelSection(_Section):
     overrides: dict[str, Any] = Field(default_factory=dict)  # model parameters (``--set name=v``)
-    preset: Optional[str] = None  # a model preset of the spec
+    preset: Optional[Str] = None  # a model preset of the spec
 
 
 class RunSection(_Section):
-    name: Optional[str] = None  # default: "<spec>-<tasks>"
-    storage: str = "runs"
-    workers: int = Field(1, ge=1, le=4096)
-    gpus_per_worker: Optional[float] = Field(None, ge=0.0)  # None: 1 if a GPU is visible, else 0
+    name: Optional[Str] = None  # default: "<spec>-<tasks>"
+    storage: Str = "runs"
+    workers: Int = Field(1, ge=1, le=4096)
+    gpus_per_worker: Optional[Float] = Field(None, ge=0.0)  # None: 1 if a GPU is visible, else 0
     # torch CPU threads per worker; None = the CPUs Ray reserves for it (locally: cores / workers).
     # On a small machine, one core fewer leaves room for Ray's own processes.
-    threads_per_worker: Optional[int] = Field(None, ge=1, le=1024)
-    address: Optional[str] = None  # an existing Ray cluster; None = local Ray in this process
-    keep_checkpoints: int = Field(2, ge=1)
-    max_failures: int = Field(2, ge=0)  # worker-group restarts Ray Train attempts
-    timeout_s: int = Field(300, ge=10)  # process-group timeout (a dead rank stops the others)
+    threads_per_worker: Optional[Int] = Field(None, ge=1, le=1024)
+    address: Optional[Str] = None  # an existing Ray cluster; None = local Ray in this process
+    keep_checkpoints: Int = Field(2, ge=1)
+    max_failures: Int = Field(2, ge=0)  # worker-group restarts Ray Train attempts
+    timeout_s: Int = Field(300, ge=10)  # process-group timeout (a dead rank stops the others)
 
 
 class RunConfig(_Section):
-    preset: Optional[str] = None
+    recipe: Optional[Str] = None  # the training recipe this config started from (configs/)
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
-    tasks: Optional[Union[str, list[str]]] = None  # profile name or task list; None = the dataset's
+    tasks: Optional[Union[Str, list[Str]]] = None  # profile name or task list; None = the dataset's
     model: ModelSection = Field(default_factory=ModelSection)
     loss: LossConfig = Field(default_factory=LossConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
@@ -155,6 +174,26 @@ class RunConfig(_Section):
             return self.training.batch_size
         return max(1, total // self.run.workers)
 
+    def validation_images(self) -> int:
+        """How many validation images an evaluation covers by default: a tenth of the images the
+        run trains on, at least one batch (a 3-step smoke run validates one batch; an official
+        40k-iteration recipe, the whole split)."""
+        total_batch = self.per_worker_batch() * self.run.workers
+        return max(total_batch, self.training.iterations * total_batch // 10)
+
+    def synthetic_val_length(self) -> int:
+        if self.dataset.val_length is not None:
+            return self.dataset.val_length
+        return min(SYNTHETIC_VAL_IMAGES, self.validation_images())
+
+    def eval_batches_per_worker(self) -> Optional[int]:
+        """The cap on validation batches per worker (None: the whole split)."""
+        if self.training.eval_batches is not None:
+            return self.training.eval_batches
+        if self.dataset.name == "synthetic":
+            return None  # the split itself is sized to the run
+        return math.ceil(self.validation_images() / (self.per_worker_batch() * self.run.workers))
+
     def model_arguments(self) -> dict[str, Any]:
         """The keyword arguments of ``mtl_dsl.api.build_model`` / ``check_spec`` for this run."""
         return {"tasks": self.profile(), "overrides": dict(self.model.overrides) or None,
@@ -175,25 +214,61 @@ DEFAULT_CONFIG: dict[str, Any] = {
 
 
 # ---------------------------------------------------------------------------------------------
-# Loading, merging and reporting errors with a line number
+# Layers: default < recipe < file < flags
 
 
-def available_presets() -> list[str]:
+class Overrides(dict):
+    """Nested run-config overrides from the command line; ``origins`` maps a dotted key to the
+    flag that set it, as typed (errors name the flag)."""
+
+    def __init__(self, data: dict | None = None, origins: dict[str, str] | None = None):
+        super().__init__(data or {})
+        self.origins: dict[str, str] = dict(origins or {})
+
+    def put(self, dotted: str, value: Any, flag: str) -> None:
+        node = self
+        keys = dotted.split(".")
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise usage_error(flag, f"key '{dotted}' conflicts with another flag")
+        node[keys[-1]] = value
+        self.origins[dotted] = flag
+
+
+def parse_set(items: list[str] | None) -> Overrides:
+    """``--set optimizer.lr=0.01`` -> {"optimizer": {"lr": 0.01}} (values read as YAML)."""
+    out = Overrides()
+    for item in items or []:
+        flag = f"--set {item}"
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise usage_error(flag, f"expected KEY=VALUE, got '{item}'")
+        value = load_yaml(raw, flag) if raw.strip() else None
+        out.put(key, value, flag)
+    return out
+
+
+def available_recipes() -> list[str]:
     names: set[str] = set()
-    for folder in PRESET_DIRS:
+    for folder in RECIPE_DIRS:
         if folder.is_dir():
             names.update(p.stem for p in folder.glob("*.yaml"))
     return sorted(names)
 
 
-def preset_path(name: str) -> Path:
-    for folder in PRESET_DIRS:
+def recipe_path(name: str, source: Source | None = None) -> Path:
+    for folder in RECIPE_DIRS:
         candidate = folder / f"{name}.yaml"
-        if candidate.is_file():
+        if candidate.is_file() and candidate.parent.resolve() == folder.resolve():
             return candidate
-    hint = did_you_mean(name, available_presets())
-    raise simple_error("preset", f"unknown preset '{name}'" + (f", {hint}" if hint else "")
-                       + f" (presets: {', '.join(available_presets())})")
+    hint = did_you_mean(name, available_recipes())
+    message = (f"unknown recipe '{name}'" + (f", {hint}" if hint else "")
+               + f" (recipes: {', '.join(available_recipes())})")
+    if source is None:
+        raise usage_error(f"--recipe {name}", message)
+    raise source.error(("recipe",), message)
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -206,81 +281,77 @@ def _merge(base: dict, override: dict) -> dict:
     return out
 
 
-class _Source:
-    """A YAML text with its file name, to find the line of a dotted key."""
-
-    def __init__(self, file: str, text: str):
-        self.file = file
-        self.text = text
-
-    def line_of(self, path: tuple) -> tuple[int, int]:
-        """(line, column) of the deepest key of ``path`` present in the text (1-based)."""
-        if self.file == "--set":
-            return 1, 1
-        try:
-            node = yaml.compose(self.text)
-        except yaml.YAMLError:
-            return 1, 1
-        line, column = 1, 1
-        for key in path:
-            if isinstance(node, yaml.MappingNode):
-                for k, v in node.value:
-                    if k.value == str(key):
-                        line, column = k.start_mark.line + 1, k.start_mark.column + 1
-                        node = v
-                        break
-                else:
-                    break
-            elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
-                node = node.value[key]
-                line, column = node.start_mark.line + 1, node.start_mark.column + 1
-            else:
-                break
-        return line, column
+class _Default(Source):
+    name = "<default config>"
 
 
-def _read_yaml(path: Path) -> tuple[dict, _Source]:
-    name = str(path)
-    if not path.is_file():
-        raise simple_error(name, f"config file not found: {name}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise simple_error(name, f"cannot read config file {name}: {exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else 1
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise simple_error(name, f"invalid YAML: {problem}", line=line) from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise simple_error(name, "a run config must be a mapping of keys to values")
-    return data, _Source(name, text)
+class _Stored(FileSource):
+    """A run config stored in a checkpoint's meta.json (errors name that file)."""
+
+    def __init__(self, name: str):
+        super().__init__(name, "")
 
 
-def _validation_error(exc: ValidationError, sources: list[_Source], data: dict) -> SpecError:
-    err = exc.errors()[0]
-    loc = tuple(err["loc"])
-    dotted = ".".join(str(p) for p in loc)
-    kind = err["type"]
-    if kind == "extra_forbidden":
-        parent = _lookup_model(loc[:-1])
-        hint = did_you_mean(str(loc[-1]), parent.model_fields) if parent is not None else ""
-        message = f"unknown key '{dotted}'" + (f" ({hint})" if hint else "")
-    elif kind == "missing":
-        message = f"missing key '{dotted}'"
+def load_config(path: str | Path | None = None, overrides: dict | None = None,
+                recipe: str | None = None, check_paths: bool = True,
+                base: tuple[dict, str] | None = None) -> RunConfig:
+    """Build the run config from the embedded default, a recipe, a YAML file and overrides.
+
+    ``base``: (run config, where it is stored) replaces the default and recipe layers (``eval``
+    starts from the run config of the checkpoint). Raises ``UsageError`` on any mistake.
+    """
+    layers: list[tuple[dict, Source]] = []
+    if base is not None:
+        stored = dict(base[0])
+        stored.pop("preset", None)  # checkpoints written before "recipe" named it "preset"
+        chosen = stored.pop("recipe", None)
+        layers.append((stored, _Stored(base[1])))
+        user = _user_layers(path, overrides)
     else:
-        got = _lookup_value(data, loc)
-        message = f"key '{dotted}': {err['msg']}" + (f" (got {got!r})" if got is not _MISSING else "")
-    # The layer that set the key names the file; the last (highest) layer that has it wins.
-    for source in reversed(sources):
-        if source.text and _has_path(source, loc):
-            line, column = source.line_of(loc)
-            return simple_error(source.file, message, line=line, column=column)
-    return simple_error(sources[-1].file if sources else "<config>", message)
+        layers.append((DEFAULT_CONFIG, _Default()))
+        user = _user_layers(path, overrides)
+        chosen, where = recipe, None
+        for data, source in user:
+            if data.get("recipe") is not None and recipe is None:
+                chosen, where = data["recipe"], source
+        if chosen is not None:
+            if not isinstance(chosen, str):
+                raise where.error(("recipe",), "key 'recipe': expected a recipe name")
+            data, source = read_yaml_file(recipe_path(chosen, where))
+            data = dict(data or {})
+            data.pop("recipe", None)
+            layers.append((data, source))
+    layers.extend(user)
+    merged: dict = {}
+    for data, _ in layers:
+        merged = _merge(merged, data)
+    merged["recipe"] = chosen
+    sources = [s for _, s in layers]
+    try:
+        config = RunConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise _validation_error(exc, sources, merged) from None
+    _check_semantics(config, sources, check_paths)
+    return config
+
+
+def _user_layers(path, overrides) -> list[tuple[dict, Source]]:
+    layers: list[tuple[dict, Source]] = []
+    if path is not None:
+        data, source = read_yaml_file(Path(path))
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise usage_error(str(path), "a run config must be a mapping of keys to values")
+        layers.append((data, source))
+    if overrides:
+        origins = getattr(overrides, "origins", {})
+        layers.append((dict(overrides), FlagSource(dict(overrides), origins)))
+    return layers
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors, named where the key was written
 
 
 _MISSING = object()
@@ -307,82 +378,81 @@ def _lookup_model(loc: tuple):
     return model if isinstance(model, type) and issubclass(model, BaseModel) else None
 
 
-def _has_path(source: _Source, loc: tuple) -> bool:
-    try:
-        data = yaml.safe_load(source.text)
-    except yaml.YAMLError:
-        return False
-    return _lookup_value(data, loc) is not _MISSING
-
-
-def parse_set(items: list[str] | None) -> dict:
-    """``--set optimizer.lr=0.01`` -> {"optimizer": {"lr": 0.01}} (values parsed as YAML)."""
-    out: dict = {}
-    for item in items or []:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise simple_error("--set", f"expected KEY=VALUE, got '{item}'")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            value = raw
-        node = out
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise simple_error("--set", f"key '{key}' conflicts with another --set")
-        node[parts[-1]] = value
-    return out
-
-
-def load_config(path: str | Path | None = None, overrides: dict | None = None,
-                preset: str | None = None, check_paths: bool = True) -> RunConfig:
-    """Build the run config from the embedded default, a preset, a YAML file and overrides.
-
-    Raises ``SpecError`` (one line naming the key or path) on any mistake.
-    """
-    layers: list[tuple[dict, _Source]] = [(DEFAULT_CONFIG, _Source("<default config>", ""))]
-    user: list[tuple[dict, _Source]] = []
-    if path is not None:
-        user.append(_read_yaml(Path(path)))
-    if overrides:
-        user.append((overrides, _Source("--set", yaml.safe_dump(overrides))))
-    chosen = preset
-    for data, _ in user:
-        if data.get("preset"):
-            chosen = data["preset"] if preset is None else preset
-    if chosen is not None:
-        if not isinstance(chosen, str):
-            raise simple_error(user[0][1].file if user else "--recipe", "key 'preset': expected a recipe name")
-        data, source = _read_yaml(preset_path(chosen))
-        data.pop("preset", None)
-        layers.append((data, source))
-    layers.extend(user)
-    merged: dict = {}
-    for data, _ in layers:
-        merged = _merge(merged, data)
-    if chosen is not None:
-        merged["preset"] = chosen
-    sources = [s for _, s in layers]
-    try:
-        config = RunConfig.model_validate(merged)
-    except ValidationError as exc:
-        raise _validation_error(exc, sources, merged) from None
-    _check_semantics(config, sources, check_paths)
-    return config
-
-
-def _error_at(sources: list[_Source], loc: tuple, message: str) -> SpecError:
+def _error_at(sources: list[Source], loc: tuple, message: str, hint: str = "") -> UsageError:
+    """The one-line error at the highest layer that wrote ``loc`` (or the top layer)."""
+    if hint:
+        message = f"{message} ({hint})"
     for source in reversed(sources):
-        if source.text and _has_path(source, loc):
-            line, column = source.line_of(loc)
-            return simple_error(source.file, message, line=line, column=column)
-    return simple_error(sources[-1].file, message)
+        if source.has(loc):
+            return source.error(loc, message)
+    return sources[-1].error(loc, message)
 
 
-def _check_semantics(config: RunConfig, sources: list[_Source], check_paths: bool) -> None:
+def _unknown_key(loc: tuple) -> tuple[str, str]:
+    dotted = ".".join(str(p) for p in loc)
+    if loc == ("preset",):
+        return ("unknown key 'preset'", "a training recipe is 'recipe: NAME' or --recipe NAME; "
+                                        "a model preset is 'model.preset' or --preset NAME")
+    parent = _lookup_model(loc[:-1])
+    if parent is None:
+        return f"unknown key '{dotted}'", ""
+    valid = list(parent.model_fields)
+    hint = did_you_mean(str(loc[-1]), valid)
+    section = f"'{'.'.join(str(p) for p in loc[:-1])}'" if len(loc) > 1 else "the top level"
+    return f"unknown key '{dotted}'", hint or f"the keys of {section} are {', '.join(valid)}"
+
+
+def _validation_error(exc: ValidationError, sources: list[Source], data: dict) -> UsageError:
+    err = exc.errors()[0]
+    loc = tuple(err["loc"])
+    # pydantic names the member of a union it tried (tasks.str); the key is what the user wrote
+    loc = tuple(p for p in loc if p not in ("str", "list[str]", "function-after[_positive_size()]"))
+    dotted = ".".join(str(p) for p in loc)
+    hint = ""
+    if err["type"] == "extra_forbidden":
+        message, hint = _unknown_key(loc)
+    elif err["type"] == "missing":
+        message = f"missing key '{dotted}'"
+    else:
+        got = _lookup_value(data, loc)
+        message = f"key '{dotted}': {err['msg']}" + (f" (got {got!r})" if got is not _MISSING else "")
+    return _error_at(sources, loc, message, hint)
+
+
+def _check_semantics(config: RunConfig, sources: list[Source], check_paths: bool) -> None:
+    _check_tasks(config, sources)
+    for task in config.loss.weights:
+        if task not in OFFICIAL_LOSS_WEIGHTS:
+            hint = did_you_mean(task, OFFICIAL_LOSS_WEIGHTS) or \
+                f"the tasks are {', '.join(OFFICIAL_LOSS_WEIGHTS)}"
+            raise _error_at(sources, ("loss", "weights", task), f"unknown key 'loss.weights.{task}'", hint)
+    total = config.training.total_batch_size
+    if total is not None and total % config.run.workers != 0:
+        raise _error_at(sources, ("training", "total_batch_size"),
+                        f"key 'training.total_batch_size': {total} is not divisible by "
+                        f"{config.run.workers} workers")
+    if config.schedule.min_lr >= config.learning_rate() and config.schedule.min_lr > 0:
+        raise _error_at(sources, ("schedule", "min_lr"),
+                        f"key 'schedule.min_lr': {config.schedule.min_lr:g} is not below the "
+                        f"learning rate {config.learning_rate():g}")
+    if config.dataset.name != "synthetic":
+        if config.dataset.root is None:
+            raise _error_at(sources, ("dataset",),
+                            f"missing key 'dataset.root': dataset '{config.dataset.name}' needs its folder")
+        root = Path(config.dataset.root).expanduser()
+        if check_paths and not root.is_dir():
+            raise _error_at(sources, ("dataset", "root"), f"dataset folder not found: {root}")
+    name = config.run.name
+    if name is not None and (not name or "/" in name or name.startswith(".")):
+        raise _error_at(sources, ("run", "name"), f"key 'run.name': '{name}' is not a folder name")
+
+
+def _check_tasks(config: RunConfig, sources: list[Source]) -> None:
+    tasks = config.tasks
+    if tasks is not None and not (tasks.strip() if isinstance(tasks, str) else tasks):
+        raise _error_at(sources, ("tasks",), "key 'tasks': the task list is empty",
+                        "give a task profile such as nyud, pascal or synthetic, or tasks such as "
+                        "semseg,depth; or leave the key out for the dataset's tasks")
     try:
         profile = config.profile()
     except TaskError as exc:
@@ -393,23 +463,3 @@ def _check_semantics(config: RunConfig, sources: list[_Source], check_paths: boo
         raise _error_at(sources, ("tasks",),
                         f"key 'tasks': dataset '{config.dataset.name}' has no labels for "
                         f"{', '.join(extra)} (it has {', '.join(sorted(available))})")
-    for task in config.loss.weights:
-        if task not in OFFICIAL_LOSS_WEIGHTS:
-            hint = did_you_mean(task, OFFICIAL_LOSS_WEIGHTS)
-            raise _error_at(sources, ("loss", "weights", task),
-                            f"unknown key 'loss.weights.{task}'" + (f" ({hint})" if hint else ""))
-    total = config.training.total_batch_size
-    if total is not None and total % config.run.workers != 0:
-        raise _error_at(sources, ("training", "total_batch_size"),
-                        f"key 'training.total_batch_size': {total} is not divisible by "
-                        f"{config.run.workers} workers")
-    if config.dataset.name != "synthetic":
-        if config.dataset.root is None:
-            raise _error_at(sources, ("dataset",),
-                            f"missing key 'dataset.root': dataset '{config.dataset.name}' needs its folder")
-        root = Path(config.dataset.root).expanduser()
-        if check_paths and not root.is_dir():
-            raise _error_at(sources, ("dataset", "root"), f"dataset folder not found: {root}")
-    if config.run.name is not None and (not config.run.name or "/" in config.run.name
-                                        or config.run.name.startswith(".")):
-        raise _error_at(sources, ("run", "name"), f"key 'run.name': '{config.run.name}' is not a folder name")

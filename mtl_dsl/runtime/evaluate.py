@@ -9,31 +9,34 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-from ..errors import simple_error
+from ..errors import usage_error
 from .config import RunConfig
 
 
 def make_eval_loader(cfg: RunConfig, rank: int = 0, world: int = 1, workers: int = 0,
-                     batch_size: Optional[int] = None):
+                     batch_size: Optional[int] = None, whole: bool = False):
+    """The validation loader of one rank (every ``world``-th image); ``whole``: the whole split,
+    not the part sized to the run."""
     from torch.utils.data import DataLoader, Subset
 
-    from .datasets import collate_samples, open_dataset
+    from .datasets import GuardedSamples, collate_samples, open_dataset
 
-    dataset = open_dataset(cfg, "val")
+    dataset = GuardedSamples(open_dataset(cfg, "val", whole=whole), cfg.dataset.skip_bad_samples)
     shard = Subset(dataset, list(range(rank, len(dataset), world)))  # no padding: no double counting
     return DataLoader(shard, batch_size=batch_size or cfg.per_worker_batch(), shuffle=False,
                       num_workers=workers, collate_fn=collate_samples)
 
 
 def evaluate_model(model, loader, profile, dataset_name: str, device, world: int = 1,
-                   max_batches: Optional[int] = None, amp_dtype=None) -> dict[str, float]:
-    """Pooled metrics of ``model`` over ``loader`` (all ranks must call it when world > 1)."""
+                   max_batches: Optional[int] = None, amp_dtype=None) -> tuple[dict[str, float], int]:
+    """(pooled metrics of ``model`` over ``loader``, images evaluated); all ranks must call it
+    when world > 1."""
     import torch
-    import torch.distributed as dist
 
     from .metrics import MetricSet
 
     metric_set = MetricSet.for_profile(profile, dataset_name)
+    images = 0
     was_training = model.training
     model.eval()
     try:
@@ -41,44 +44,59 @@ def evaluate_model(model, loader, profile, dataset_name: str, device, world: int
             for index, batch in enumerate(loader):
                 if max_batches is not None and index >= max_batches:
                     break
-                images = batch["image"].to(device)
+                inputs = batch["image"].to(device)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    outputs = model(images)
+                    outputs = model(inputs)
                 outputs = {t: {"final": o["final"].float()} for t, o in outputs.items()}
                 metric_set.update(outputs, batch)
+                images += inputs.shape[0]
     finally:
         model.train(was_training)
     if world > 1:
-        state = metric_set.state_tensors()
-        keys = sorted(state)
-        flat = torch.cat([state[k].reshape(-1).to(torch.float64) for k in keys])
-        backend_device = device if dist.get_backend() == "nccl" else torch.device("cpu")
-        flat = flat.to(backend_device)
-        dist.all_reduce(flat)
-        flat = flat.cpu()
-        out, offset = {}, 0
-        for k in keys:
-            n = state[k].numel()
-            out[k] = flat[offset:offset + n].reshape(state[k].shape)
-            offset += n
-        metric_set.load_state_tensors(out)
-    return {k: float(v) for k, v in metric_set.compute().items()}
+        images = _all_reduce_state(metric_set, images, device)
+    return {k: float(v) for k, v in metric_set.compute().items()}, images
+
+
+def _all_reduce_state(metric_set, images: int, device) -> int:
+    """Sum the metric sums (and the image count) over the workers, in place."""
+    import torch
+    import torch.distributed as dist
+
+    state = metric_set.state_tensors()
+    keys = sorted(state)
+    flat = torch.cat([state[k].reshape(-1).to(torch.float64) for k in keys]
+                     + [torch.tensor([float(images)], dtype=torch.float64)])
+    backend_device = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    flat = flat.to(backend_device)
+    dist.all_reduce(flat)
+    flat = flat.cpu()
+    out, offset = {}, 0
+    for k in keys:
+        n = state[k].numel()
+        out[k] = flat[offset:offset + n].reshape(state[k].shape)
+        offset += n
+    metric_set.load_state_tensors(out)
+    return int(round(float(flat[-1])))
 
 
 # --- loading a trained model -----------------------------------------------------------------------
 
 
-def load_trained_model(spec: Any, checkpoint: str | Path, config: RunConfig | None = None):
-    """(model with the checkpoint's weights, run config, checkpoint) — refuses a graph mismatch."""
-    from ..api import build_model
-    from .checkpoints import load_checkpoint, load_model_weights
+def load_trained_model(spec: Any, checkpoint: str | Path, config: RunConfig | None = None,
+                       skipped: list | None = None, check_paths: bool = True):
+    """(model with the checkpoint's weights, run config, checkpoint) — refuses a graph mismatch.
 
-    loaded = load_checkpoint(checkpoint, with_state=False)
+    ``checkpoint`` is a checkpoint folder or a run folder (its newest usable checkpoint; the
+    corrupt newer ones are appended to ``skipped``). Without ``config``, the run config stored
+    in the checkpoint (its dataset folder checked only with ``check_paths``)."""
+    from ..api import build_model
+    from .checkpoints import META_FILE, load_checkpoint, load_model_weights, resolve_checkpoint
+    from .config import load_config
+
+    loaded = load_checkpoint(resolve_checkpoint(checkpoint, skipped), with_state=False)
     if config is None:
-        try:
-            config = RunConfig.model_validate(loaded.meta["run_config"])
-        except Exception as exc:  # noqa: BLE001 - an old or edited meta.json
-            raise simple_error(str(loaded.path / "meta.json"), f"run config in checkpoint is invalid: {exc}") from None
+        config = load_config(base=(loaded.meta.get("run_config") or {}, str(loaded.path / META_FILE)),
+                             check_paths=check_paths)
     model = build_model(spec, **config.model_arguments())
     load_model_weights(model, loaded)
     model.eval()
@@ -88,7 +106,8 @@ def load_trained_model(spec: Any, checkpoint: str | Path, config: RunConfig | No
 def run_eval(spec: Any, checkpoint: str | Path, config: RunConfig | None = None,
              baseline: str | Path | None = None, device: str | None = None,
              max_batches: Optional[int] = None) -> tuple[dict[str, float], str]:
-    """Evaluate a checkpoint on the val split; returns (metrics, printed table)."""
+    """Evaluate a checkpoint on the val split; returns (metrics, printed text): which checkpoint
+    (step and folder, and the corrupt newer ones skipped), then the metrics table."""
     import torch
 
     from .metrics import BaselineError, delta_m, format_metrics_table, load_baseline
@@ -98,19 +117,24 @@ def run_eval(spec: Any, checkpoint: str | Path, config: RunConfig | None = None,
         try:
             base = load_baseline(baseline)
         except BaselineError as exc:
-            raise simple_error(str(baseline), str(exc)) from None
-    model, cfg, _ = load_trained_model(spec, checkpoint, config)
+            raise usage_error(str(baseline), str(exc)) from None
+    skipped: list = []
+    model, cfg, loaded = load_trained_model(spec, checkpoint, config, skipped)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(dev)
     profile = cfg.profile()
-    loader = make_eval_loader(cfg)
-    metrics = evaluate_model(model, loader, profile, cfg.dataset.name, dev, max_batches=max_batches)
-    table = format_metrics_table(metrics, base, split="val") or ""
+    loader = make_eval_loader(cfg, whole=True)
+    metrics, images = evaluate_model(model, loader, profile, cfg.dataset.name, dev,
+                                     max_batches=max_batches)
+    lines = [f"skipped checkpoint {path} (cannot be loaded: {why})" for path, why in skipped]
+    lines.append(f"evaluated the checkpoint of step {loaded.step} ({loaded.path}) on {images} "
+                 f"{cfg.dataset.name} val images")
+    table = "\n".join(lines) + "\n" + (format_metrics_table(metrics, base, split="val") or "")
     if base is not None:
         try:
             value = delta_m(metrics, base)
         except KeyError as exc:
-            raise simple_error(str(baseline), str(exc).strip("'\"")) from None
+            raise usage_error(str(baseline), str(exc).strip("'\"")) from None
         table += f"\ndelta_m vs {baseline} (selected on {base.selection_split}): {value:+.2f} %"
     return metrics, table
 
@@ -161,18 +185,22 @@ def prediction_images(outputs: dict, profile) -> dict:
 
 
 def load_image(path: Path, size: tuple[int, int]):
-    """An RGB image resized to the model's input size, normalised as in training (ImageNet)."""
+    """An RGB image resized to the model's input size, normalised as in training (ImageNet);
+    16-bit and palette images are converted to 8-bit RGB (``images.rgb8``)."""
     import numpy as np
     import torch
     from PIL import Image, UnidentifiedImageError
 
+    from .images import ImageModeError, rgb8
     from .transforms import normalize
 
     try:
         with Image.open(path) as img:
-            rgb = img.convert("RGB")
-    except (OSError, UnidentifiedImageError) as exc:
-        raise simple_error(str(path), f"cannot read image {path}: {exc}") from None
+            rgb = Image.fromarray(rgb8(img))
+    except ImageModeError as exc:
+        raise usage_error(str(path), f"cannot use image {path}: {exc}") from None
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise usage_error(str(path), f"cannot read image {path}: {exc}") from None
     original = rgb.size
     rgb = rgb.resize((size[1], size[0]), Image.BILINEAR)
     array = normalize(np.asarray(rgb, dtype=np.float32))
@@ -185,7 +213,7 @@ def run_predict(spec: Any, checkpoint: str | Path, images: list[str | Path], out
     import torch
     from PIL import Image
 
-    model, cfg, _ = load_trained_model(spec, checkpoint, config)
+    model, cfg, _ = load_trained_model(spec, checkpoint, config, check_paths=False)
     profile = cfg.profile()
     size = cfg.input_size()
     out = Path(out)
@@ -194,7 +222,7 @@ def run_predict(spec: Any, checkpoint: str | Path, images: list[str | Path], out
     for path in images:
         path = Path(path)
         if not path.is_file():
-            raise simple_error(str(path), f"image not found: {path}")
+            raise usage_error(str(path), f"image not found: {path}")
         tensor, original = load_image(path, size)
         with torch.no_grad():
             outputs = model(tensor.unsqueeze(0))

@@ -12,3 +12,11 @@ class NonFiniteLoss(TrainingError):
         self.task, self.step, self.value = task, step, value
         super().__init__(f"loss of task '{task}' is {value} at step {step}; training stopped "
                          f"(the last good checkpoint is kept)")
+
+
+class CheckpointWriteError(TrainingError):
+    """A checkpoint could not be written (a full disk); the earlier ones are intact."""
+
+
+class BadSample(TrainingError):
+    """A sample whose files cannot be read, met during training."""

@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ..errors import SpecError, simple_error
+from ..errors import SpecError, usage_error
 from .config import RunConfig, load_config
 from .console import Console
-from .failures import NonFiniteLoss, TrainingError
+from .failures import BadSample, CheckpointWriteError, NonFiniteLoss, TrainingError
+from .runlock import describe, lock_for
 
 # torch, numpy and ray are imported inside functions: ``commands`` imports this module lazily, and
 # the config checks above must not pay for them.
@@ -83,63 +84,95 @@ def run_training(spec: Any, config: RunConfig | None = None, *, resume: bool = F
                  callbacks: list | None = None, check_data: bool = True) -> TrainResult:
     """Train ``spec`` (a spec path, a built-in spec name, or ``factory(profile, input_size)``).
 
-    ``progress`` receives every record of the loop (log lines, evaluations, checkpoints); the
-    default prints them with ``Console``. ``callbacks`` (``callbacks.Callback``) go to the loop of
-    every worker.
+    ``progress`` receives every record of the loop (log lines, evaluations, checkpoints, notes);
+    the default prints them with ``Console``. ``callbacks`` (``callbacks.Callback``) go to the
+    loop of every worker. The run folder is locked for the whole run (``runlock.py``).
     """
     cfg = config if config is not None else load_config()
     spec_name, source = spec_source(spec)
+    signature: dict = {}
     if isinstance(spec, (str, Path)):
         from ..api import check_spec
+        from .resume import graph_signature
 
         # Shape-check (no weights) here: a spec error must show before any worker starts.
-        check_spec(str(spec), **cfg.model_arguments())
+        signature = graph_signature(check_spec(str(spec), **cfg.model_arguments()).ir)
+    recorder = Recorder(progress if progress is not None else Console())
     if check_data:
         from .datasets import check_dataset
 
-        check_dataset(cfg)
+        for text in check_dataset(cfg):
+            recorder({"kind": "note", "text": text})
     storage = Path(cfg.run.storage).expanduser().resolve()
     run_name = default_run_name(spec, cfg)
     run_dir = storage / run_name
-    latest = prepare_run_dir(run_dir, resume, plain)
-    recorder = Recorder(progress if progress is not None else Console())
-    job = {"spec": spec, "spec_name": spec_name, "spec_source": source, "config": cfg.dump(),
-           "run_dir": str(run_dir), "resume": resume, "callbacks": list(callbacks or [])}
-    if plain:
-        out, checkpoint = _train_plain(job, cfg, run_dir, recorder, resume)
-    else:
-        out, checkpoint = _train_with_ray(job, cfg, run_dir, run_name, storage, verbose, recorder, latest)
+    with lock_for(run_dir) as lock:
+        if lock.took_over:
+            recorder({"kind": "note", "text": f"took over run folder {run_dir} from a run that "
+                                              f"is no longer running ({describe(lock.took_over)})"})
+        resume_from = prepare_run_dir(run_dir, resume, plain, recorder)
+        if resume_from is not None:
+            _check_resume(resume_from, cfg, signature, recorder)
+        job = {"spec": spec, "spec_name": spec_name, "spec_source": source, "config": cfg.dump(),
+               "graph": signature, "run_dir": str(run_dir), "callbacks": list(callbacks or []),
+               "resume_path": str(resume_from) if resume_from is not None else None}
+        if plain:
+            out, checkpoint = _train_plain(job, cfg, run_dir, recorder)
+        else:
+            out, checkpoint = _train_with_ray(job, cfg, run_name, storage, verbose, recorder)
     return TrainResult(run_dir=run_dir, step=out["step"], metrics=out["metrics"], checkpoint=checkpoint,
                        history=recorder.of("log"), evaluations=recorder.of("eval"))
 
 
-def prepare_run_dir(run_dir: Path, resume: bool, plain: bool) -> Optional[Path]:
-    """Refuse a fresh run over checkpoints, or a resume without any; returns the latest one."""
-    from .checkpoints import latest_checkpoint, list_checkpoints
+def _check_resume(path: Path, cfg: RunConfig, signature: dict, note: Callable[[dict], None]) -> None:
+    """Refuse a checkpoint of another graph or a run config changed where it cannot be; report
+    the changes that are applied."""
+    from .checkpoints import read_meta
+    from .resume import check_config, check_graph
+
+    meta = read_meta(path)
+    check_graph(meta, signature, str(path))
+    changes = check_config(meta, cfg.dump(), str(path))
+    if changes:
+        note({"kind": "note", "text": f"run config changed since step {meta.get('step')}, applied "
+                                      f"from here on: {'; '.join(changes)}"})
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, plain: bool,
+                    note: Callable[[dict], None]) -> Optional[Path]:
+    """Refuse a fresh run over checkpoints, or a resume without any; returns the checkpoint to
+    resume from (the newest that can be loaded; newer corrupt ones are skipped and reported)."""
+    from .checkpoints import list_checkpoints, newest_usable
+    from .runlock import LOCK_FILE
 
     existing = list_checkpoints(run_dir)
     if existing and not resume:
-        raise simple_error(str(run_dir), f"run folder {run_dir} already has checkpoints; pass --resume "
-                           f"to continue it or choose another --run-name")
-    if resume and not existing:
-        raise simple_error(str(run_dir), f"nothing to resume: no checkpoint in {run_dir}")
+        raise usage_error(str(run_dir), f"run folder {run_dir} already has checkpoints; pass --resume "
+                          f"to continue it or choose another --run-name")
+    found = None
+    if resume:
+        found, skipped = newest_usable(run_dir)
+        for path, why in skipped:
+            note({"kind": "note", "text": f"skipped checkpoint {path} (cannot be loaded: {why})"})
+        if found is None:
+            raise usage_error(str(run_dir), f"nothing to resume: no usable checkpoint in {run_dir}")
     if not resume and not plain and run_dir.exists():
         # A fresh Ray Train run must not pick up the state of an earlier (failed) run of that name.
         for child in run_dir.iterdir():
-            if child.name != "tensorboard":
+            if child.name not in ("tensorboard", LOCK_FILE):
                 shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
-    return latest_checkpoint(run_dir) if resume else None
+    return found
 
 
-def _train_plain(job: dict, cfg: RunConfig, run_dir: Path, recorder: Recorder,
-                 resume: bool) -> tuple[dict, Optional[Path]]:
+def _train_plain(job: dict, cfg: RunConfig, run_dir: Path,
+                 recorder: Recorder) -> tuple[dict, Optional[Path]]:
     import torch
 
     from .loop import train_loop
     from .session import PlainSession
 
-    session = PlainSession(run_dir, recorder, resume, cfg.run.keep_checkpoints)
+    session = PlainSession(run_dir, recorder, job["resume_path"], cfg.run.keep_checkpoints)
     threads_before = torch.get_num_threads()
     if cfg.run.threads_per_worker:
         torch.set_num_threads(cfg.run.threads_per_worker)
@@ -168,10 +201,11 @@ def ray_worker_entry(job: dict) -> None:
     session = RaySession(Path(job["run_dir"]), job.get("queue"), job.get("resume_path"))
     try:
         train_loop(job, session)
-    except NonFiniteLoss as exc:
-        # Every rank sees the same all-reduced losses, so all of them stop here together; return
-        # normally (Ray must not retry a deterministic failure) and tell the driver.
-        session.emit({"kind": "error", "text": str(exc), "step": exc.step})
+    except (NonFiniteLoss, BadSample, CheckpointWriteError) as exc:
+        # Failures a restart would meet again: return normally (Ray must not retry them) and tell
+        # the driver. Every rank sees the same all-reduced losses, so on a non-finite loss all of
+        # them stop here together.
+        session.emit({"kind": "error", "text": str(exc)})
     finally:
         session.close()
 
@@ -253,7 +287,7 @@ class _QueueDrain:
         self.thread.join(timeout=10)
 
 
-def _trainer(job: dict, cfg: RunConfig, run_name: str, storage: Path, latest: Optional[Path]):
+def _trainer(job: dict, cfg: RunConfig, run_name: str, storage: Path):
     """The ``TorchTrainer`` of the run, and the queue its workers report to."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
@@ -274,8 +308,7 @@ def _trainer(job: dict, cfg: RunConfig, run_name: str, storage: Path, latest: Op
     # Ray Train restores a run of the same name and storage by itself; resume_path covers a
     # run folder without Ray's state (e.g. written by --plain) whose checkpoints remain.
     job = dict(job, queue=queue, cpus_per_worker=cpus_per_worker,
-               threads_per_worker=cfg.run.threads_per_worker,
-               resume_path=str(latest) if latest is not None else None)
+               threads_per_worker=cfg.run.threads_per_worker)
     trainer = TorchTrainer(
         ray_worker_entry,
         train_loop_config=job,
@@ -290,19 +323,21 @@ def _trainer(job: dict, cfg: RunConfig, run_name: str, storage: Path, latest: Op
     return trainer, queue
 
 
-def _train_with_ray(job: dict, cfg: RunConfig, run_dir: Path, run_name: str, storage: Path,
-                    verbose: bool, recorder: Recorder,
-                    latest: Optional[Path]) -> tuple[dict, Optional[Path]]:
+def _train_with_ray(job: dict, cfg: RunConfig, run_name: str, storage: Path, verbose: bool,
+                    recorder: Recorder) -> tuple[dict, Optional[Path]]:
     started_here = start_ray(cfg, verbose, cfg.run.workers)
     import ray.train
 
     try:
-        trainer, queue = _trainer(job, cfg, run_name, storage, latest)
+        trainer, queue = _trainer(job, cfg, run_name, storage)
         with _QueueDrain(queue, recorder):
             try:
-                result = trainer.fit()
+                result = _fit_interruptibly(trainer)
             except ray.train.TrainingFailedError as exc:
                 raise TrainingError(f"training failed: {_root_cause(exc)}") from None
+            except KeyboardInterrupt:
+                started_here = True  # only disconnecting the driver ends the run's actors
+                raise
         if result.error is not None:
             raise TrainingError(f"training failed: {_root_cause(result.error)}")
         errors = recorder.of("error")
@@ -316,6 +351,30 @@ def _train_with_ray(job: dict, cfg: RunConfig, run_dir: Path, run_name: str, sto
     finally:
         if started_here:
             ray.shutdown()
+
+
+def _fit_interruptibly(trainer):
+    """``trainer.fit()`` on a helper thread, so that Ctrl-C reaches this (main) thread as
+    ``KeyboardInterrupt``, as in a plain run: the caller's ``ray.shutdown()`` (also of a Ray
+    started before ``run_training``) then ends the controller and the workers, the run folder's
+    lock is released, and the command line says "interrupted" and exits 130. (On the
+    main thread Ray Train installs its own SIGINT handler, which aborts the run and exits 1
+    without a word.)"""
+    box: dict = {}
+
+    def fit() -> None:
+        try:
+            box["result"] = trainer.fit()
+        except BaseException as exc:  # handed to the main thread below
+            box["error"] = exc
+
+    thread = threading.Thread(target=fit, name="mtl-dsl-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.2)
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
 
 
 def _root_cause(exc: BaseException) -> str:

@@ -27,8 +27,8 @@ import torch.nn as nn
 
 from ..api import build_model
 from .config import RunConfig
-from .failures import NonFiniteLoss, TrainingError
-from .optim import apply_schedule, lr_factor, make_optimizers
+from .failures import BadSample, NonFiniteLoss, TrainingError
+from .optim import apply_hyperparameters, apply_schedule, lr_factor, make_optimizers
 from .sampling import ResumableSampler, SeededSamples, seed_model_init, seed_step
 
 
@@ -108,6 +108,7 @@ class Run:
     start_step: int = 0
     metrics: dict = field(default_factory=dict)
     meter: Optional[Meter] = None
+    skipped: int = 0  # unreadable samples replaced (dataset.skip_bad_samples)
 
     @property
     def tasks(self) -> list[str]:
@@ -142,6 +143,9 @@ def train_loop(job: dict, session) -> dict:
             evaluate_and_save(run)
             if run.step >= run.total_steps:
                 break
+        if run.skipped:
+            session.emit({"kind": "note", "text": f"skipped {run.skipped} unreadable sample(s) "
+                                                  f"in all (dataset.skip_bad_samples)"})
     finally:
         if run.writer is not None:
             run.writer.close()
@@ -177,25 +181,24 @@ def setup(job: dict, session) -> Run:
 
 def restore(run: Run) -> None:
     """Continue from the session's checkpoint, if it has one: weights, optimiser states, loss
-    weighting and step."""
+    weighting and step; the run config's hyper-parameters apply from here on."""
     from .checkpoints import check_matches, unflatten_optimizer
-    from ..errors import simple_error
 
     resumed = run.session.checkpoint_to_resume()
     if resumed is None:
         return
     meta = resumed.meta
-    check_matches(run.model, resumed.path)  # lists the differing keys if the graph changed
-    if run.model_hash and meta.get("ir_hash") and meta["ir_hash"] != run.model_hash:
-        raise simple_error(str(resumed.path), f"cannot resume: the spec changed since checkpoint "
-                           f"{resumed.path} (IR hash {meta['ir_hash'][:12]} vs {run.model_hash[:12]})")
+    check_matches(run.model, resumed.path)  # lists the differing keys if the weights differ
     run.model.load_state_dict({k: v.to(run.device) for k, v in resumed.model_state.items()})
     state = resumed.state_tensors
     run.optimizer.load_state_dict(unflatten_optimizer(state, meta["optimizer"]["main"], "main"))
     if run.arch_optimizer is not None and "arch" in meta["optimizer"]:
         run.arch_optimizer.load_state_dict(unflatten_optimizer(state, meta["optimizer"]["arch"], "arch"))
+    apply_hyperparameters(run.optimizer, run.arch_optimizer, run.cfg)
     run.weighting.load_state_dict({k[len("weighting."):]: v for k, v in state.items()
                                    if k.startswith("weighting.")})
+    weights = [run.cfg.loss_weight(t) for t in run.tasks]
+    run.weighting.base_weights.copy_(torch.tensor(weights, dtype=run.weighting.base_weights.dtype))
     run.step = run.start_step = int(meta["step"])
     world = run.session.world
     saved_world = meta.get("data_state", {}).get("world_size", world)
@@ -209,7 +212,7 @@ def prepare(run: Run) -> None:
     """Wrap the model for the session (DDP), and open the data and the TensorBoard writer."""
     from torch.utils.data import DataLoader
 
-    from .datasets import collate_samples, open_dataset
+    from .datasets import GuardedSamples, collate_samples, open_dataset
 
     cfg, session = run.cfg, run.session
     run.train_module = session.prepare(run.step_module)
@@ -225,7 +228,8 @@ def prepare(run: Run) -> None:
     if run.sampler.batches_per_epoch() < 1:
         raise TrainingError(f"the training split has {len(run.train_set)} images, fewer than one "
                             f"batch of {batch_size} per worker x {session.world} workers")
-    run.loader = DataLoader(SeededSamples(run.train_set), batch_size=batch_size, sampler=run.sampler,
+    samples = SeededSamples(GuardedSamples(run.train_set, cfg.dataset.skip_bad_samples))
+    run.loader = DataLoader(samples, batch_size=batch_size, sampler=run.sampler,
                             num_workers=cfg.dataset.data_workers, drop_last=True, pin_memory=is_cuda,
                             collate_fn=collate_samples, persistent_workers=False)
     if session.rank == 0:
@@ -253,9 +257,29 @@ def batches(run: Run) -> Iterator[dict]:
         run.sampler.set_start(offset)
         if hasattr(run.train_set, "set_epoch"):
             run.train_set.set_epoch(epoch)
-        yield from run.loader
+        try:
+            yield from run.loader
+        except BadSample as exc:  # from a loader process, the message holds its traceback
+            raise BadSample(_exception_line(str(exc), "BadSample")) from None
         epoch += 1
         offset = 0
+
+
+def _exception_line(text: str, name: str) -> str:
+    """The message of exception ``name`` in ``text`` (a formatted traceback, or the message)."""
+    for line in reversed(text.splitlines()):
+        if f"{name}: " in line:
+            return line.split(f"{name}: ", 1)[1]
+    return text.splitlines()[0] if text else name
+
+
+def count_skipped(run: Run, batch: dict) -> None:
+    """Report the unreadable samples the batch replaced (``dataset.skip_bad_samples``)."""
+    for meta in batch.get("meta", []):
+        for text in meta.get("skipped", []):
+            run.skipped += 1
+            if run.skipped <= 5:
+                run.session.emit({"kind": "note", "text": f"skipped an unreadable sample: {text}"})
 
 
 def train_step(run: Run, batch: dict) -> None:
@@ -265,6 +289,7 @@ def train_step(run: Run, batch: dict) -> None:
         module.on_train_step(run.step, run.total_steps)
     apply_schedule(run.optimizer, run.step, cfg)
     seed_step(cfg.training.seed, run.step, session.rank)
+    count_skipped(run, batch)
     images = batch["image"].to(run.device, non_blocking=True)
     targets = {t: batch[t].to(run.device, non_blocking=True) for t in tasks}
     with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
@@ -360,13 +385,13 @@ def evaluate(run: Run) -> dict:
     if run.eval_loader is None:
         run.eval_loader = make_eval_loader(cfg, session.rank, session.world, cfg.dataset.data_workers)
     started = time.perf_counter()
-    metrics = evaluate_model(run.model, run.eval_loader, run.profile, cfg.dataset.name, run.device,
-                             session.world, max_batches=cfg.training.eval_batches,
-                             amp_dtype=run.amp_dtype)
+    metrics, images = evaluate_model(run.model, run.eval_loader, run.profile, cfg.dataset.name,
+                                     run.device, session.world,
+                                     max_batches=cfg.eval_batches_per_worker(), amp_dtype=run.amp_dtype)
     if session.rank == 0:
         for key, value in metrics.items():
             run.writer.add_scalar(f"val/{key}", value, run.step)
-        session.emit({"kind": "eval", "step": run.step, "metrics": metrics,
+        session.emit({"kind": "eval", "step": run.step, "metrics": metrics, "images": images,
                       "seconds": time.perf_counter() - started})
     return metrics
 
@@ -387,7 +412,8 @@ def save(run: Run) -> Path:
     meta = {
         "step": run.step, "metrics": run.metrics, "run_config": cfg.dump(),
         "spec": run.job["spec_name"], "spec_source": run.job["spec_source"],
-        "ir_hash": run.model_hash, "profile": profile.model_dump(mode="json"),
+        "ir_hash": run.model_hash, "graph": run.job.get("graph") or {},
+        "profile": profile.model_dump(mode="json"),
         "input_size": list(cfg.input_size()), "optimizer": opt_info,
         "lr_factor": lr_factor(run.step, cfg),
         "data_state": {"seed": cfg.training.seed, "epoch": run.step // per_epoch,

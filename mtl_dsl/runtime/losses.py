@@ -1,4 +1,6 @@
-"""Per-task losses as the official ATRC/DeMT/TPANet/InvPT code computes them (models.md §2.3).
+"""Per-task losses as the official ATRC/DeMT/TPANet/InvPT code computes them (ATRC:
+github.com/brdav/atrc, src/model/builder.py ``get_criterion`` and src/model/criterion.py; InvPT:
+github.com/prismformore/Multi-Task-Transformer, InvPT/losses/loss_functions.py).
 
 Every output of a task is supervised: ``final`` (the main prediction) and any other output name
 (e.g. InvPT's intermediate predictions) with the task's normal loss, and ``aux`` (ATRC's auxiliary
@@ -24,7 +26,7 @@ import torch.nn.functional as F
 from ..tasks import IGNORE_INDEX
 
 DEPTH_BINS = 40
-DEPTH_MIN, DEPTH_MAX = 0.7, 10.0  # ATRC's log-spaced depth bins (models.md §4.3)
+DEPTH_MIN, DEPTH_MAX = 0.7, 10.0  # ATRC's log-spaced depth bins (src/model/criterion.py, BinningCrossEntropyLoss)
 RESOURCES = Path(__file__).resolve().parents[1] / "resources"
 
 

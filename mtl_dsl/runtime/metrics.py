@@ -1,4 +1,5 @@
-"""Dataset-pooled evaluation metrics (models.md section 2.5) and the multi-task Delta_m.
+"""Dataset-pooled evaluation metrics as the official code computes them (github.com/brdav/atrc,
+src/data/metrics.py) and the multi-task Delta_m.
 
 Every metric accumulates sums and counts over the whole split and computes the score once at the
 end, so the result does not depend on the batch size or on how the split is sharded across

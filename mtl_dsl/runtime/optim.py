@@ -3,12 +3,14 @@
 The main optimiser (SGD with momentum, Adam with coupled L2 weight decay as InvPT uses it, or
 AdamW) trains every parameter that requires a gradient except the architecture parameters a
 module exposes through ``arch_parameters()`` (ATRC's search logits), which get their own Adam, as
-in ATRC's search (brdav/atrc, ``src/search_pl_model.py``). The loss weighting's own parameters
+in ATRC's search (github.com/brdav/atrc, src/model/search_pl_model.py). The loss weighting's own parameters
 (uncertainty weighting) join the main optimiser without weight decay.
 
 The schedule is applied per step: warm-up (linear from ``warmup_ratio`` of the rate), then poly,
-cosine or constant decay from the base rate to ``schedule.min_lr``, as mmcv's ``PolyLrUpdaterHook``
-computes it: ``lr = (base - min_lr) * (1 - step / iterations) ** power + min_lr``.
+cosine or constant decay from the base rate to ``schedule.min_lr``, as the official code's poly
+schedule computes it (github.com/brdav/atrc, src/model/pl_model.py: ``PolynomialLR(optimizer,
+iterations, gamma=0.9, min_lr=0)``): ``lr = (base - min_lr) * (1 - step / iterations) ** power +
+min_lr``.
 """
 from __future__ import annotations
 
@@ -92,3 +94,20 @@ def make_optimizers(cfg: RunConfig, model, weighting):
     if arch:
         arch_opt = torch.optim.Adam(arch, lr=o.arch_lr, weight_decay=o.arch_weight_decay)
     return main, arch_opt
+
+
+def apply_hyperparameters(optimizer, arch_optimizer, cfg: RunConfig) -> None:
+    """Set the run config's hyper-parameters on optimisers restored from a checkpoint, so that a
+    resumed run trains with the values it records (``resume.py`` reports the changed ones)."""
+    o = cfg.optimizer
+    for index, group in enumerate(optimizer.param_groups):
+        group["initial_lr"] = cfg.learning_rate()
+        group["weight_decay"] = o.weight_decay if index == 0 else 0.0  # 1: the loss weighting's
+        if "momentum" in group:
+            group["momentum"] = o.momentum
+        if "betas" in group:
+            group["betas"] = tuple(o.betas)
+    if arch_optimizer is not None:
+        for group in arch_optimizer.param_groups:
+            group["lr"] = o.arch_lr
+            group["weight_decay"] = o.arch_weight_decay

@@ -1,4 +1,5 @@
-"""ATRC's context-type search (`mtl-dsl search SPEC`), reference/models.md section 4.5.
+"""ATRC's context-type search (`mtl-dsl search SPEC`): ATRC paper, section 3.3, as the official code
+runs it (github.com/brdav/atrc, src/model/search_pl_model.py and the search head of src/model/heads/).
 
 The spec's context table marks pairs as ``search``; each such pair compiles to a supergraph CP
 block (``ContextSearch``: a Gumbel-softmax mixture of none, global, local, T-label and, off the
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import simple_error
+from ..errors import usage_error
 
 CANDIDATES = ("none", "global", "local", "t_label", "s_label")
 GENOTYPE_CODES = {name: code for code, name in enumerate(CANDIDATES)}  # the official file format
@@ -314,14 +315,14 @@ def write_found_spec(spec: str | Path, choices: list[PairChoice], output: str | 
     if not any(e.value == "search" for e in mine):
         others = sorted({e.loc.file for e in ir.tables if e.value == "search"})
         where = f" (the search entries are in {', '.join(others)})" if others else ""
-        raise simple_error(display, f"{display} has no context table entry 'search' to "
+        raise usage_error(display, f"{display} has no context table entry 'search' to "
                                     f"rewrite{where}")
     header = f"{path.stem}_found.mtl: {path.name} with the contexts found for tasks " \
              f"{', '.join(t.name for t in ir.tasks)}" + (f" ({note})" if note else "")
     try:
         text = rewrite_search_table(source, mine, choices, [t.name for t in ir.tasks], header)
     except ValueError as exc:
-        raise simple_error(display, f"cannot write the found spec: {exc}") from None
+        raise usage_error(display, f"cannot write the found spec: {exc}") from None
     target = Path(output) if output is not None else _default_folder(path) / f"{path.stem}_found.mtl"
     if target.is_dir():
         target = target / f"{path.stem}_found.mtl"
@@ -332,7 +333,7 @@ def write_found_spec(spec: str | Path, choices: list[PairChoice], output: str | 
     left = [n.name for n in found.nodes
             if n.block == "context_pool" and n.params.get("kind") == "search"]
     if left:
-        raise simple_error(str(target), f"the found spec still searches {', '.join(left)}")
+        raise usage_error(str(target), f"the found spec still searches {', '.join(left)}")
     return target
 
 
@@ -356,12 +357,12 @@ def search(spec: str | Path, config=None, *, output: str | Path | None = None,
     spec_kwargs = cfg.model_arguments()
     model = compile_model(str(spec), **spec_kwargs)
     if not search_blocks(model):
-        raise simple_error(str(spec), f"{spec} has nothing to search: no context table entry is "
+        raise usage_error(str(spec), f"{spec} has nothing to search: no context table entry is "
                                       f"'search' (for these tasks and parameters)")
     result = run_training(spec, cfg, resume=resume, plain=plain, verbose=verbose,
                           progress=progress)
     if result.checkpoint is None:
-        raise simple_error(str(spec), "the search run left no checkpoint to read the architecture "
+        raise usage_error(str(spec), "the search run left no checkpoint to read the architecture "
                                       "from")
     checkpoint = load_checkpoint(result.checkpoint, with_state=False)
     load_model_weights(model, checkpoint)

@@ -9,6 +9,7 @@ into the run folder under the same name.
 """
 from __future__ import annotations
 
+import errno
 import shutil
 import tempfile
 from pathlib import Path
@@ -20,14 +21,15 @@ class PlainSession:
     world = 1
     local_rank = 0
 
-    def __init__(self, run_dir: Path, emit: Callable[[dict], None], resume: bool, keep: int):
+    def __init__(self, run_dir: Path, emit: Callable[[dict], None], resume_path: Optional[str],
+                 keep: int):
         import torch
 
         self.run_dir = run_dir
         self.checkpoint_dir = run_dir  # the same layout as Ray Train's: <run>/step_XXXXXXXX
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self._emit = emit
-        self._resume = resume
+        self._resume_path = resume_path
         self._keep = keep
         self.last_checkpoint: Optional[Path] = None
         self.last_metrics: dict = {}
@@ -36,12 +38,9 @@ class PlainSession:
         self._emit(record)
 
     def checkpoint_to_resume(self):
-        from .checkpoints import latest_checkpoint, load_checkpoint
+        from .checkpoints import load_checkpoint
 
-        if not self._resume:
-            return None
-        latest = latest_checkpoint(self.checkpoint_dir)
-        return load_checkpoint(latest) if latest is not None else None
+        return load_checkpoint(self._resume_path) if self._resume_path else None
 
     def checkpoint_target(self, step: int) -> Path:
         return self.checkpoint_dir / f"step_{step:08d}"
@@ -87,15 +86,20 @@ class RaySession:
                 pass
 
     def checkpoint_to_resume(self):
+        """Ray Train's latest registered checkpoint (after a restart), else the driver's choice."""
         import ray.train
 
+        from ..errors import SpecError
         from .checkpoints import load_checkpoint
 
         checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
-            return load_checkpoint(self._resume_path) if self._resume_path else None
-        with checkpoint.as_directory() as folder:
-            return load_checkpoint(folder)
+        if checkpoint is not None:
+            try:
+                with checkpoint.as_directory() as folder:
+                    return load_checkpoint(folder)
+            except SpecError as exc:  # a corrupt copy: fall back to the driver's choice
+                self.emit({"kind": "note", "text": f"skipped Ray Train's checkpoint: {exc.message}"})
+        return load_checkpoint(self._resume_path) if self._resume_path else None
 
     def checkpoint_target(self, step: int) -> Path:
         return self._tmp / f"step_{step:08d}"
@@ -106,10 +110,21 @@ class RaySession:
     def report(self, metrics: dict, checkpoint: Optional[Path]) -> None:
         import ray.train
 
+        from .failures import CheckpointWriteError
+
         if checkpoint is not None and self.rank == 0:
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint)),
-                             checkpoint_dir_name=checkpoint.name)
-            shutil.rmtree(checkpoint, ignore_errors=True)
+            try:
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint)),
+                                 checkpoint_dir_name=checkpoint.name)
+            except OSError as exc:  # copying it into the run folder
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                size = sum(f.stat().st_size for f in checkpoint.iterdir())
+                raise CheckpointWriteError(f"no space left on device while writing "
+                                           f"{self.persisted(checkpoint)} "
+                                           f"({max(1, -(-size // 2**20))} MB needed)") from None
+            finally:
+                shutil.rmtree(checkpoint, ignore_errors=True)
         else:
             ray.train.report(metrics)
 

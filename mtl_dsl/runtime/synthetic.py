@@ -9,8 +9,10 @@ exact and mutually consistent:
 * semseg: 0 = ground and wall, k = object class (1..classes-1; six shapes cycle through the classes);
 * depth: z-depth in metres along the optical axis;
 * normals: unit surface normals in the camera frame (x right, y down, z forward), facing the camera;
-* human_parts (the "part" task): 0 background, 1 top (world normal within ~45 deg of up),
-  2 upper half, 3 lower half of the object (the lower half is painted darker, so it is visible);
+* human_parts (the "part" task) with P labels (3 to 16; 4 by default, 7 for the PASCAL profile):
+  0 background, 1 top (world normal within ~45 deg of up), then P - 2 horizontal bands of equal
+  height from the top of the object down (4 labels: 2 upper half, 3 lower half); every other
+  band is painted darker, so each is visible;
 * sal: the objects nearest the camera (mean depth within 20 % of the nearest visible object);
 * edge: 1-pixel boundaries wherever the surface, the part label or the normal (> 30 deg) changes,
   drawn on the nearer side of the boundary.
@@ -29,7 +31,8 @@ from ..tasks import PROFILES, TaskProfile, resolve_tasks
 from .sampling import sample_rng, seed_sequence
 
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
-PART_NAMES = ("background", "top", "upper", "lower")
+PART_NAMES = ("background", "top", "upper", "lower")  # the default 4 part labels
+MIN_PARTS, MAX_PARTS = 3, 16
 SHAPES = ("crate", "pillar", "slab", "ball", "globe", "beam")
 SHAPE_IS_SPHERE = {"ball": True, "globe": True}
 CLASS_HUES = (0.0, 120.0, 220.0, 55.0, 300.0, 180.0)
@@ -91,9 +94,11 @@ def _object_size(shape: str, rng: np.random.Generator) -> np.ndarray:
 class Scene:
     """A random scene; all randomness is drawn here, in a fixed order, from ``rng``."""
 
-    def __init__(self, rng: np.random.Generator, size: tuple[int, int], num_classes: int):
+    def __init__(self, rng: np.random.Generator, size: tuple[int, int], num_classes: int,
+                 num_parts: int = len(PART_NAMES)):
         h, w = size
         self.size = (h, w)
+        self.num_parts = num_parts
         hfov = np.deg2rad(rng.uniform(55.0, 70.0))
         self.focal = (w / 2.0) / np.tan(hfov / 2.0)
         pitch, yaw = np.deg2rad(rng.uniform(8.0, 22.0)), np.deg2rad(rng.uniform(-8.0, 8.0))
@@ -210,11 +215,10 @@ class Scene:
 
         # Labels.
         classes = np.array([0, 0] + [o.cls for o in self.objects])
-        centers_y = np.array([0.0, 0.0] + [o.center[1] for o in self.objects])
         on_object = ids >= 2
         semseg = np.where(on_object, classes[np.maximum(ids, 0)], 0)
-        upper = points[:, 1] > centers_y[np.maximum(ids, 0)]
-        parts = np.where(normals_world[:, 1] > 0.7, 1, np.where(upper, 2, 3))
+        band = self._bands(points[:, 1], ids)
+        parts = np.where(normals_world[:, 1] > 0.7, 1, 2 + band)
         parts = np.where(on_object, parts, 0)
 
         # Appearance: albedo x texture x (ambient + direct light unless shadowed) + sensor noise.
@@ -231,7 +235,7 @@ class Scene:
             if not mask.any():
                 continue
             albedo[mask] = obj.albedo * self._texture(obj, points[mask], normals_world[mask])[:, None]
-        albedo[on_object & (parts == 3)] *= 0.78
+        albedo[on_object & (parts >= 2) & (band % 2 == 1)] *= 0.78
 
         lambert = np.clip(normals_world @ self.light, 0.0, None)
         lit = lambert > 0
@@ -263,6 +267,18 @@ class Scene:
             "normals": normals2d.astype(np.float32),
             "edge": boundaries(ids2d, parts2d, depth2d, normals2d)[..., None].astype(np.float32),
         }
+
+    def _bands(self, y: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Band index (0 = top band) of each hit point: P - 2 bands of equal height per object,
+        compared against thresholds ``centre + half * (1 - 2 k / (P - 2))`` (with 4 labels, the
+        one threshold is the centre itself)."""
+        bands = self.num_parts - 2
+        centers = np.array([0.0, 0.0] + [o.center[1] for o in self.objects])[np.maximum(ids, 0)]
+        halves = np.array([0.0, 0.0] + [o.half[1] for o in self.objects])[np.maximum(ids, 0)]
+        band = np.zeros(len(y), dtype=np.int64)
+        for k in range(1, bands):
+            band += y <= centers + halves * (1.0 - 2.0 * k / bands)
+        return band
 
     @staticmethod
     def _texture(obj: SceneObject, points: np.ndarray, normals: np.ndarray) -> np.ndarray:
@@ -308,17 +324,25 @@ def boundaries(ids: np.ndarray, parts: np.ndarray, depth: np.ndarray, normals: n
     return edge
 
 
-def render_sample(seed: int, split: str, index: int, size: tuple[int, int], num_classes: int = 7) -> dict:
+def render_sample(seed: int, split: str, index: int, size: tuple[int, int], num_classes: int = 7,
+                  num_parts: int = len(PART_NAMES)) -> dict:
     """Raw sample ``index`` of ``(seed, split)``: HWC float32 arrays (see transforms.py) + name."""
     if split not in SPLIT_CODES:
         raise ValueError(f"unknown split '{split}' for the synthetic dataset (known: {', '.join(SPLIT_CODES)})")
     if num_classes < 2:
         raise ValueError(f"the synthetic dataset needs at least 2 semseg classes, got {num_classes}")
+    _check_parts(num_parts)
     rng = np.random.default_rng(seed_sequence(seed, SPLIT_CODES[split], index))
-    scene = Scene(rng, (int(size[0]), int(size[1])), num_classes)
+    scene = Scene(rng, (int(size[0]), int(size[1])), num_classes, num_parts)
     sample = scene.render(rng)
     sample["name"] = f"synthetic-{split}-{seed}-{index:06d}"
     return sample
+
+
+def _check_parts(num_parts: int) -> None:
+    if not MIN_PARTS <= num_parts <= MAX_PARTS:
+        raise ValueError(f"the synthetic scenes have {MIN_PARTS} to {MAX_PARTS} part labels; the "
+                         f"task profile asks for {num_parts} (use e.g. --tasks human_parts:7)")
 
 
 class SyntheticDataset(Dataset):
@@ -340,10 +364,8 @@ class SyntheticDataset(Dataset):
         if length < 1:
             raise ValueError(f"synthetic dataset length must be >= 1, got {length}")
         names = profile.task_names
-        if "human_parts" in names and profile.task("human_parts").channels != len(PART_NAMES):
-            raise ValueError(f"the synthetic scenes have {len(PART_NAMES)} part labels "
-                             f"({', '.join(PART_NAMES)}); the task profile asks for "
-                             f"{profile.task('human_parts').channels}")
+        self.num_parts = profile.task("human_parts").channels if "human_parts" in names else len(PART_NAMES)
+        _check_parts(self.num_parts)
         self.num_classes = profile.task("semseg").channels if "semseg" in names else len(CLASS_HUES) + 1
         if self.num_classes < 2:
             raise ValueError(f"the synthetic dataset needs at least 2 semseg classes, got {self.num_classes}")
@@ -368,7 +390,7 @@ class SyntheticDataset(Dataset):
             raise IndexError(f"sample {index} out of range for a synthetic dataset of length {self.length}")
         if self._cache is not None and index in self._cache:
             return self._cache[index]
-        sample = render_sample(self.seed, self.split, index, self.size, self.num_classes)
+        sample = render_sample(self.seed, self.split, index, self.size, self.num_classes, self.num_parts)
         if self._cache is not None:
             self._cache[index] = sample
         return sample

@@ -1,4 +1,6 @@
-"""The train and test pipelines of the official multi-task recipes (models.md section 2.2).
+"""The train and test pipelines of the official multi-task recipes (github.com/brdav/atrc,
+src/data/transforms.py and src/data/pl_data.py; DeMT and TPANet reuse them, InvPT's
+InvPT/data/transforms.py matches).
 
 A *raw sample* is a dict of numpy arrays in HWC layout, as a loader reads them from disk or the
 synthetic renderer draws them: ``image`` float32 RGB in [0, 255] (H, W, 3); ``semseg``,

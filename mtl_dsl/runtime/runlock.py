@@ -1,0 +1,116 @@
+"""A run folder is owned by one run at a time.
+
+``RunLock`` is the interface: ``acquire()`` takes the folder or raises ``UsageError`` naming the
+run that holds it; ``release()`` gives it back; as a context manager, it is released on any exit.
+``FileLock`` implements it for a local (or POSIX-locking network) folder with an OS file lock
+(``fcntl.flock``) on ``RUN/.lock``, in which the holder writes its PID, host and start time. The
+operating system drops the lock when the holding process ends, however it ends (``kill -9``
+included), so a lock file left behind by a dead process is taken over, and the new run says so.
+
+A remote run folder (object storage) has no OS locks; a lease implements the same interface
+there: ``acquire()`` creates ``RUN/.lock`` only if absent (a conditional write) with an expiry
+time, a background renewal extends it while the run lives, ``release()`` deletes it, and a lease
+past its expiry counts as stale and is taken over as here.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Optional
+
+from ..errors import usage_error
+
+LOCK_FILE = ".lock"
+
+
+class RunLock(ABC):
+    """Exclusive ownership of a run folder."""
+
+    #: the previous holder's record when a stale lock was taken over (else None)
+    took_over: Optional[dict] = None
+
+    @abstractmethod
+    def acquire(self) -> None:
+        """Take the folder, or raise ``UsageError`` naming the holder."""
+
+    @abstractmethod
+    def release(self) -> None:
+        """Give the folder back (idempotent)."""
+
+    def __enter__(self) -> "RunLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+class FileLock(RunLock):
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LOCK_FILE
+        self._fd: Optional[int] = None
+
+    def _read(self, fd: int) -> dict:
+        try:
+            os.lseek(fd, 0, os.SEEK_SET)
+            text = os.read(fd, 4096).decode("utf-8", "replace")
+            record = json.loads(text) if text.strip() else {}
+            return record if isinstance(record, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def acquire(self) -> None:
+        import fcntl
+
+        if self._fd is not None:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = self._read(fd)
+            os.close(fd)
+            raise usage_error(str(self.run_dir), f"run folder {self.run_dir} is in use by another "
+                                                 f"run ({describe(holder)}); wait for it to end or "
+                                                 f"choose another --run-name") from None
+        previous = self._read(fd)
+        if previous.get("pid") and previous.get("pid") != os.getpid():
+            self.took_over = previous
+        record = {"pid": os.getpid(), "host": socket.gethostname(),
+                  "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, json.dumps(record).encode("utf-8"))
+        self._fd = fd
+
+    def release(self) -> None:
+        import fcntl
+
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            os.ftruncate(fd, 0)
+        except OSError:
+            pass
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def describe(record: dict) -> str:
+    if not record.get("pid"):
+        return "PID unknown"
+    host = f" on {record['host']}" if record.get("host") else ""
+    since = f", since {record['started']}" if record.get("started") else ""
+    return f"PID {record['pid']}{host}{since}"
+
+
+def lock_for(run_dir: Path) -> RunLock:
+    """The lock of a run folder (a local path: ``FileLock``)."""
+    return FileLock(run_dir)
