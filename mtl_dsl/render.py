@@ -1,13 +1,13 @@
-"""Views of a checked graph: the resolved spec text (``mtl-dsl render``), Graphviz DOT and a
-self-contained SVG drawing (``--emit graph.dot|graph.svg``). No torch, no Graphviz needed."""
+"""The resolved spec text of a checked graph (``mtl-dsl render``): imports, blocks, loops and
+parameters resolved, each value marked with where it came from. No torch. (Drawings of the
+graph, DOT, Mermaid and SVG, are in ``mtl_dsl.draw``.)"""
 from __future__ import annotations
 
-import html
 import json
 from typing import Any
 
 from .checker import CheckedGraph
-from .ir import IMAGES, CollectionRef, Node, Ref
+from .ir import CollectionRef, Ref
 
 
 def _literal(v: Any) -> str:
@@ -63,72 +63,3 @@ def render_spec(graph: CheckedGraph) -> str:
         out.append(f"  out[{o.task}]{suffix} = {_ref(o.value)}")
     out.append("}")
     return "\n".join(out)
-
-
-def _edges(n: Node) -> list[str]:
-    return [r.node for r in n.refs()]
-
-
-def to_dot(graph: CheckedGraph) -> str:
-    ir = graph.ir
-    lines = [f'digraph "{ir.name}" {{', "  rankdir=TB;", '  node [shape=box, fontname="Helvetica"];',
-             f'  "{IMAGES}" [shape=oval, label="images [B, 3, H, W]"];']
-    for n in ir.nodes:
-        shape = " ".join(t.shape_str() for t in graph.types[n.name])
-        lines.append(f'  "{n.name}" [label="{n.name}\\n{n.block}\\n{shape}"];')
-        for src in dict.fromkeys(_edges(n)):
-            lines.append(f'  "{src}" -> "{n.name}";')
-    for o in ir.outputs:
-        oid = f"out:{o.task}:{o.name}"
-        lines.append(f'  "{oid}" [shape=oval, label="{o.task}.{o.name}"];')
-        lines.append(f'  "{o.value.node}" -> "{oid}";')
-    lines.append("}")
-    return "\n".join(lines) + "\n"
-
-
-def to_svg(graph: CheckedGraph) -> str:
-    """A layered drawing: each node one row below its deepest input."""
-    ir = graph.ir
-    depth: dict[str, int] = {IMAGES: 0}
-    for n in ir.nodes:
-        depth[n.name] = 1 + max((depth[r] for r in _edges(n)), default=0)
-    boxes: dict[str, tuple[str, str]] = {IMAGES: ("images", "[B, 3, H, W]")}
-    for n in ir.nodes:
-        boxes[n.name] = (f"{n.name} ({n.block})",
-                         " ".join(t.shape_str() for t in graph.types[n.name]))
-    out_depth = max(depth.values()) + 1
-    for o in ir.outputs:
-        key = f"out:{o.task}:{o.name}"
-        boxes[key] = (f"{o.task}.{o.name}", "output")
-        depth[key] = out_depth
-    rows: dict[int, list[str]] = {}
-    for key in boxes:
-        rows.setdefault(depth[key], []).append(key)
-    bw, bh, gx, gy = 230, 44, 20, 40
-    width = max(len(r) for r in rows.values()) * (bw + gx) + gx
-    height = (max(rows) + 1) * (bh + gy) + gy
-    pos: dict[str, tuple[int, int]] = {}
-    for d, keys in rows.items():
-        offset = (width - len(keys) * (bw + gx) + gx) // 2
-        for i, key in enumerate(keys):
-            pos[key] = (offset + i * (bw + gx), gy + d * (bh + gy))
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'font-family="Helvetica" font-size="11">']
-    def edge(a: str, b: str) -> None:
-        x1, y1 = pos[a][0] + bw // 2, pos[a][1] + bh
-        x2, y2 = pos[b][0] + bw // 2, pos[b][1]
-        parts.append(f'<line x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2}" stroke="#888"/>')
-    for n in ir.nodes:
-        for src in dict.fromkeys(_edges(n)):
-            edge(src, n.name)
-    for o in ir.outputs:
-        edge(o.value.node, f"out:{o.task}:{o.name}")
-    for key, (title, sub) in boxes.items():
-        x, y = pos[key]
-        fill = "#eef5ff" if not key.startswith("out:") else "#efe"
-        parts.append(f'<rect x="{x}" y="{y}" width="{bw}" height="{bh}" rx="5" fill="{fill}" '
-                     f'stroke="#357"/>')
-        parts.append(f'<text x="{x + 6}" y="{y + 17}">{html.escape(title[:38])}</text>')
-        parts.append(f'<text x="{x + 6}" y="{y + 34}" fill="#555">{html.escape(sub[:40])}</text>')
-    parts.append("</svg>")
-    return "\n".join(parts) + "\n"

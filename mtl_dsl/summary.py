@@ -1,6 +1,7 @@
 """The table ``mtl-dsl compile`` prints: one row per node, then exact totals."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,6 +25,43 @@ def _concrete(t: Any, size: tuple[int, int], batch: int) -> str:
     if kind == "taskmap":
         return "{" + ", ".join(f"{k}: {_concrete(v, size, batch)}" for k, v in t.items.items()) + "}"
     return "?"
+
+
+_ATRC = "ATRC's official head (github.com/brdav/atrc, src/model/heads/relationalcontext.py)"
+# The built-in specs that reproduce an official implementation, with it: where one of them is
+# compiled as shipped, its idle parameters are there for parity with that implementation.
+OFFICIAL_IMPLEMENTATIONS = {
+    "baseline_mt.mtl": "the ATRC code's multi-task baseline (github.com/brdav/atrc, "
+                       "src/model/heads/fcn.py)",
+    "baseline_st.mtl": "the ATRC code's single-task baseline (github.com/brdav/atrc, "
+                       "src/model/heads/fcn.py)",
+    "demt.mtl": "DeMT's official head (github.com/yangyangxu0/DeMT, src/model/heads/demt_head.py)",
+    "tpanet.mtl": "TPANet's released head (github.com/yangyangxu0/TPANet, "
+                  "src/model/heads/adapthead.py)",
+    "invpt.mtl": "InvPT's official model (github.com/prismformore/Multi-Task-Transformer, "
+                 "InvPT/models/transformers/invpt.py)",
+    "atrc.mtl": _ATRC, "atrc_nyud_hrnet18.mtl": _ATRC, "atrc_nyud_hrnet48.mtl": _ATRC,
+    "atrc_pascal_hrnet18.mtl": _ATRC,
+}
+
+
+def official_implementation(file: str) -> str | None:
+    """The official implementation a spec reproduces: only for a built-in reference spec, or a
+    byte-identical copy of one; a user's own (or edited) spec reproduces nothing."""
+    from .api import resolve_spec_path
+    from .errors import SpecError
+    from .frontend.lower import iter_builtin_specs
+
+    name = Path(file).name
+    if name not in OFFICIAL_IMPLEMENTATIONS:
+        return None
+    builtin = next((p for p in iter_builtin_specs() if p.name == name), None)
+    try:
+        path, _ = resolve_spec_path(file)
+        same = builtin is not None and path.read_bytes() == builtin.read_bytes()
+    except (SpecError, OSError):
+        return None
+    return OFFICIAL_IMPLEMENTATIONS[name] if same else None
 
 
 def model_figures(model: CompiledModel, batch: int = 1, count_flops: bool = True) -> dict[str, Any]:
@@ -98,8 +136,12 @@ def print_summary(graph: CheckedGraph, batch: int = 1, count_flops: bool = True,
         else:
             print("every op that does multiply-adds was counted.")
     if model.idle_parameters:
-        print("idle parameters (built for parity with the official model, never receive a "
-              "gradient, frozen):")
+        official = official_implementation(ir.file)
+        if official:
+            print(f"idle parameters (never receive a gradient, frozen; built for parameter parity "
+                  f"with {official}):")
+        else:
+            print("idle parameters (never receive a gradient, frozen):")
         reasons: dict[str, list[str]] = {}
         for name, reason in model.idle_parameters.items():
             reasons.setdefault(reason, []).append(name)

@@ -42,18 +42,24 @@ def cmd_compile(args: argparse.Namespace) -> int:
 def _emit(graph: Any, target: str) -> None:
     path = Path(target)
     if path.suffix == ".json":
-        path.write_text(graph.ir.to_json())
-    elif path.suffix == ".dot":
-        from ..render import to_dot
-
-        path.write_text(to_dot(graph))
-    elif path.suffix == ".svg":
-        from ..render import to_svg
-
-        path.write_text(to_svg(graph))
+        text = graph.ir.to_json()
     else:
-        raise SpecError(Diagnostic("--emit", 1, 1, f"cannot emit '{target}': use a .json, .dot "
-                                                   f"or .svg file name", source_line=target))
+        from ..draw import graph_view
+
+        try:
+            text = graph_view(graph, path.suffix)
+        except RuntimeError as e:  # Graphviz itself failed
+            raise SpecError(Diagnostic("--emit", 1, 1, f"cannot draw '{target}': {e}",
+                                       source_line=target)) from None
+        if text is None:
+            raise SpecError(Diagnostic("--emit", 1, 1, f"cannot emit '{target}': use a .json, "
+                                                       f".dot, .mmd or .svg file name",
+                                       source_line=target))
+    try:
+        path.write_text(text)
+    except OSError as e:
+        raise SpecError(Diagnostic("--emit", 1, 1, f"cannot write '{target}': {e.strerror}",
+                                   source_line=target)) from None
     print(f"wrote {path}", file=sys.stderr)
 
 
@@ -101,7 +107,8 @@ def register(sub: Any) -> None:
     p = sub.add_parser("compile", help="check a spec, build the model, print a table per node")
     add_spec_arguments(p)
     p.add_argument("--emit", action="append", default=[], metavar="FILE",
-                   help="also write ir.json, graph.dot or graph.svg (repeatable)")
+                   help="also write ir.json, graph.dot, graph.mmd (Mermaid) or graph.svg "
+                        "(Graphviz layout when dot is installed; repeatable)")
     p.add_argument("--emit-only", action="store_true", help="write --emit files and stop")
     p.add_argument("--batch", type=int, default=1, help="batch size for the FLOP count")
     p.add_argument("--no-flops", action="store_true", help="skip counting multiply-adds")
