@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# Sets up everything mtl-dsl needs in ./.venv: a matching torch/torchvision pair first (so the
-# resolver never mixes versions), then the package with its test tools. Safe to re-run.
+# Creates ./.venv with exactly the packages of requirements.lock (versions and sha256 hashes
+# pinned, the torch/torchvision pair included, nothing resolved afresh), then installs mtl-dsl
+# itself in editable mode. `make train` and `make test` run it on first use; safe to re-run.
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  "$PYTHON" -m venv .venv
+VENV=${VENV:-.venv}
+"$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "mtl-dsl needs Python 3.10 or newer")'
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
 fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
-.venv/bin/python -m pip install --quiet "torch==2.14.1" "torchvision==0.29.2"
-.venv/bin/python -m pip install --quiet -e ".[test]"
-.venv/bin/python -c "import torch, torchvision, timm, ray, mtl_dsl; print('mtl-dsl ready:', 'torch', torch.__version__, '| torchvision', torchvision.__version__, '| timm', timm.__version__, '| ray', ray.__version__)"
+# --require-hashes: every wheel must match the lock; --no-deps: the lock is the whole environment.
+"$VENV/bin/python" -m pip install --quiet --require-hashes --no-deps -r requirements.lock
+"$VENV/bin/python" -m pip install --quiet --no-deps -e .
+"$VENV/bin/python" -m pip check
+"$VENV/bin/python" -c "import torch, torchvision, timm, ray, mtl_dsl; print('mtl-dsl ready:', 'torch', torch.__version__, '| torchvision', torchvision.__version__, '| timm', timm.__version__, '| ray', ray.__version__)"

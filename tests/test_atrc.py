@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import make_call as _make_call
 from mtl_dsl.blocks import REGISTRY, Call, ShapeError
 from mtl_dsl.modules.atrc import (ContextFusion, GlobalContext, LabelContext, LocalContext,
                                   build_context, local_attention)
@@ -23,13 +24,7 @@ KINDS = ["global", "local", "t_label", "s_label"]
 
 
 def make_call(block: str, inputs: dict, tasks=SYNTHETIC.tasks, size=(32, 40), **params) -> Call:
-    spec = REGISTRY[block]
-    filled = {name: p.default for name, p in spec.params().items()}
-    filled.update(params)
-    for name in spec.inputs():
-        inputs.setdefault(name, None)
-    return Call(node="n", block=block, inputs=inputs, params=filled, tasks=tuple(tasks),
-                input_size=size)
+    return _make_call(block, inputs, params, tasks=tasks, size=size)
 
 
 def fmap(channels: int, stride: int = 4) -> FeatureMap:

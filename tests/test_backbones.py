@@ -14,6 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
+from conftest import make_call as _make_call
+from conftest import n_params
 from mtl_dsl.blocks import get_block
 from mtl_dsl.blocks.backbones import (BACKBONES, HRNET_LAST_MODULE, BackboneGeometry,
                                      register_backbone, timm_features)
@@ -27,10 +29,7 @@ SIZES = st.tuples(st.integers(33, 72), st.integers(33, 72))
 
 
 def make_call(block: str, inputs: dict, params: dict, size=(64, 64)) -> Call:
-    spec = get_block(block)
-    full = {k: v.default for k, v in spec.params().items() if not v.required}
-    full.update(params)
-    return Call(node="feats", block=block, inputs=inputs, params=full, tasks=(), input_size=size)
+    return _make_call(block, inputs, params, size=size, node="feats")
 
 
 def backbone_call(name: str, size=(64, 64), **params) -> Call:
@@ -41,10 +40,6 @@ def build_backbone(name: str, size=(64, 64), **params):
     call = backbone_call(name, size, **params)
     block = get_block("backbone")
     return block.infer(call), block.build(call).eval()
-
-
-def n_params(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 def run(model, size):
@@ -60,7 +55,8 @@ def assert_shapes(predicted: MultiScale, maps, size):
 
 def test_hrnet18_small_v2_matches_the_official_backbone():
     predicted, model = build_backbone("hrnet_w18_small_v2", size=(425, 560))
-    assert n_params(model) == 3_860_720  # models.md 1.1: the repo's HRNetV2-W18-small
+    assert n_params(model) == 3_860_720  # the ATRC code's HRNetV2-W18-small
+    # (github.com/brdav/atrc, src/model/backbones/hrnet.py, mmseg's hrnetv2_w18_small), instantiated
     assert [lv.concrete((425, 560)) for lv in predicted.levels] == [
         (18, 107, 140), (36, 54, 70), (72, 27, 35), (144, 14, 18)]
 
@@ -78,7 +74,8 @@ def test_swin_t_with_output_norms_matches_the_mmseg_backbone():
 def test_vit_large_position_table_follows_the_compile_size():
     with torch.device("meta"):  # 300 M parameters: count them without allocating
         _, model = build_backbone("vit_large_patch16_384", size=(448, 576), levels=[6, 12, 18, 24])
-    assert n_params(model) == 304_133_120  # models.md 8: 28x36 (+cls) position table
+    assert n_params(model) == 304_133_120  # InvPT's ViT-L/16 at 448x576
+    # (github.com/prismformore/Multi-Task-Transformer, InvPT/models/transformers/vit.py): 28x36+1
 
 
 # -- the table against timm ------------------------------------------------------------------------

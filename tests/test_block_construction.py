@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import mtl_dsl
+from conftest import make_call as _make_call
 from mtl_dsl.api import check_spec, compile_model
 from mtl_dsl.blocks import REGISTRY, Block, Call, Input, Param, register
 from mtl_dsl.blocks.construct import (INPUT_FACTS, STANDARD_FACTS, BlockDefinitionError, bind,
@@ -52,13 +53,7 @@ def test_no_block_overrides_build():
 
 
 def make_call(block: str, inputs: dict, **params) -> Call:
-    spec = REGISTRY[block]
-    full = {k: v.default for k, v in spec.params().items() if not v.required}
-    full.update(params)
-    for name in spec.inputs():
-        inputs.setdefault(name, None)
-    return Call(node="n", block=block, inputs=inputs, params=full, tasks=SYNTHETIC.tasks,
-                input_size=(32, 48))
+    return _make_call(block, inputs, params, tasks=SYNTHETIC.tasks, size=(32, 48))
 
 
 def fmap(channels: int, stride: int = 4) -> FeatureMap:

@@ -14,22 +14,16 @@ from mtl_dsl.blocks.registry import Call
 from mtl_dsl.modules.demt import (ChannelDeformConv, PixelOffsets, TaskInteraction, TaskQuery,
                                   TokenAttention, kernel_coordinates)
 from mtl_dsl.tasks import PROFILES
-from model_checks import assert_batch_independent
+from conftest import assert_batch_independent
+from conftest import make_call as _make_call
+from conftest import n_params
 from mtl_dsl.types import H, W, FeatureMap, TaskMap
 
 NYUD = PROFILES["nyud"]
 
 
-def n_params(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 def make_call(block: str, inputs: dict, params: dict, tasks=NYUD.tasks, size=(425, 560)) -> Call:
-    spec = get_block(block)
-    full = {k: v.default for k, v in spec.params().items() if not v.required}
-    full.update(params)
-    return Call(node=block, block=block, inputs=inputs, params=full, tasks=tuple(tasks),
-                input_size=size)
+    return _make_call(block, inputs, params, tasks=tasks, size=size, node=block)
 
 
 def stride4(channels: int) -> FeatureMap:
@@ -152,7 +146,9 @@ def test_decoder_is_batch_independent(over):
     assert torch.allclose(full[1:2], alone, atol=1e-5)
 
 
-# -- the official parameter breakdown (models.md 5.2, NYUD, HRNet18 features C_in = 270) ----------
+# -- the official parameter breakdown (NYUD, HRNet18 features C_in = 270) -------------------------
+# Each submodule of the official DemtHead (github.com/yangyangxu0/DeMT, src/model/heads/demt_head.py)
+# counted; D = 128 gives the paper's 4.76 M (DeMT Table 1, HRNet18), D = 256 is the code's default.
 
 BREAKDOWN = {  # submodule: (D = 128, D = 256)
     "linear1": (34_944, 69_888),
@@ -338,8 +334,7 @@ def demt_params(cin: int, d: int, channels: list[int], depth: int = 1) -> int:
             + t * (attention_params(d) + smlp_params(d)) + head_params(cin, d, channels, 8))
 
 
-def count(model, prefix: str = "") -> int:
-    return sum(p.numel() for n, p in model.named_parameters() if n.startswith(prefix))
+count = n_params
 
 
 def tiny(overrides: dict, tasks: str = "semseg:3,depth,normals", size=(32, 32)):
@@ -369,8 +364,9 @@ def test_scales_set_the_width_and_the_grid_of_the_head(levels, cin, stride):
 
 
 def test_official_totals_on_nyud():
-    """Parameters to the unit (models.md 1.1): HRNet18 with D = 128, Swin-T with D = 256. (Swin-S
-    gives the official code's 53,388,163, not the published 53.03 M: see models.md 1.3.)"""
+    """Parameters to the unit, as the official code (github.com/yangyangxu0/DeMT) holds them and
+    DeMT's Table 1 prints them: HRNet18 with D = 128 (4.76 M), Swin-T with D = 256 (32.07 M).
+    (Swin-S gives the official code's 53,388,163, not the published 53.03 M.)"""
     expected = {"hrnet18": (4_764_730, 3_860_720), "swin_t": (32_070_259, 27_520_698)}
     for preset, (total, backbone) in expected.items():
         model = compile_model("demt", tasks="nyud", preset=preset)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from conftest import n_params
 from mtl_dsl.api import check_spec, compile_model
 from mtl_dsl.blocks import get_block
 from mtl_dsl.errors import SpecError
@@ -22,10 +23,6 @@ SMALL_DIMS = [48, 24, 12]
 TEST_VIT_WIDTH = 64
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = "semseg:5,depth"
-
-
-def n_params(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 def small_model(overrides: dict | None = None, tasks: str = TASKS, size=(64, 64), preset=None):
@@ -120,7 +117,10 @@ def test_scores_are_scaled_by_the_stage_width_or_the_head_width():
 
 # -- the official parameter breakdown ------------------------------------------------------------
 
-# models.md section 7.5, NYUD, ViT-L/16 at 448x576, without the 6,639,562 dead parameters.
+# The official model (github.com/prismformore/Multi-Task-Transformer, InvPT/models/transformers/
+# invpt.py and transformer_decoder.py) on NYUD, ViT-L/16 at 448x576, its submodules counted, without
+# the 6,639,562 parameters it builds and never uses (scale_embed[2], redu_chan[0], stage-0
+# fuse_attn, norm_mt).
 OFFICIAL_PARTS = {
     "preliminary decoders": 56_635_392,
     "intermediate heads": 23_085,

@@ -12,15 +12,17 @@ from mtl_dsl.api import compile_model
 from mtl_dsl.modules.tpanet import AdaptiveTaskMixing, CrossAttention, SharedMlp
 from mtl_dsl.tasks import KNOWN_TASKS, PROFILES
 from mtl_dsl.types import TaskMap
-from model_checks import assert_batch_independent
-from test_demt import (TINY, attention_params, build, count, head_params, n_params,
+from conftest import assert_batch_independent, n_params
+from test_demt import (TINY, attention_params, build, count, head_params,
                        params_without_gradient, randomise_norms, run_and_check_shapes, stride4,
                        summed_loss, task_string)
 
 NYUD = PROFILES["nyud"]
 
 
-# -- the released head's parameters (models.md 6.2, NYUD, HRNet18 features C_in = 270) ------------
+# -- the released head's parameters (NYUD, HRNet18 features C_in = 270) ---------------------------
+# Each submodule of the released AdaptHead (github.com/yangyangxu0/TPANet,
+# src/model/heads/adapthead.py) counted.
 
 def test_head_parameters_equal_the_released_breakdown():
     features = stride4(270)
@@ -186,7 +188,8 @@ def test_scales_set_the_width_and_the_grid_of_the_head(levels, cin, stride):
 
 
 def test_official_totals_on_nyud():
-    """Released code (models.md 1.1, 6.2, 10): HRNet18 5,064,523; paper variant 5,138,503."""
+    """The released AdaptHead (github.com/yangyangxu0/TPANet) with HRNet18: 5,064,523 (TPANet's
+    Table 1 prints 5.18 M); the paper's Conv+BN priors (section 3, eqs. 1-2): 5,138,503."""
     model = compile_model("tpanet", tasks="nyud", preset="hrnet18")
     assert (count(model), count(model, "feats")) == (5_064_523, 3_860_720)
     paper = compile_model("tpanet", tasks="nyud", preset="hrnet18", overrides={"variant": "paper"})

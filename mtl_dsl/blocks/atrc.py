@@ -1,6 +1,6 @@
 """Blocks of the atrc family: ATRC's Context Pooling blocks, its per-target fusion, and the
-gradient stop its auxiliary heads sit behind (Bruggemann et al., ICCV 2021; official code as in
-reference/models.md section 4)."""
+gradient stop its auxiliary heads sit behind (Bruggemann et al., ICCV 2021; official code:
+github.com/brdav/atrc, src/model/heads/relationalcontext.py)."""
 from __future__ import annotations
 
 from ..types import FeatureMap, TaskMap

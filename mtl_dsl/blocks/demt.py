@@ -1,5 +1,6 @@
 """Blocks of the demt family: DeMT's deformable mixer encoder and task-aware decoder (Xu et al.,
-AAAI 2023; official code as in reference/models.md section 5), and the per-task prediction head
+AAAI 2023; official code:
+github.com/yangyangxu0/DeMT, src/model/heads/demt_head.py), and the per-task prediction head
 that DeMT and TPANet size from the aggregated backbone features.
 
 The two attentions name their token set (``over``) because the official code, run at one image per

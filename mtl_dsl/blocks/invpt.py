@@ -1,6 +1,7 @@
 """Blocks of the InvPT family (Ye & Xu, ECCV 2022, "Inverted Pyramid Multi-task Transformer").
 
-The decoder, as the official code builds it (models.md section 7): per task a preliminary decoder
+The decoder, as the official code builds it (github.com/prismformore/Multi-Task-Transformer, InvPT/models/transformers/
+transformer_decoder.py): per task a preliminary decoder
 and an intermediate prediction mixed into the decoder input; stages of one transformer block each
 over the tokens of all tasks, whose pre-softmax scores are passed to the next stage (attention
 message passing, an ``attention`` value in the graph); per-task up-embeddings between stages plus

@@ -1,5 +1,6 @@
 """Blocks of the tpanet family: TPANet's task prior extractor, adaptive task mixing, cross attention
-and shared MLP (Xu et al.; the released ``AdaptHead`` as in reference/models.md section 6.2).
+and shared MLP (Xu et al.; the released ``AdaptHead``,
+github.com/yangyangxu0/TPANet, src/model/heads/adapthead.py).
 
 The adaptive task mixing's spatial MLP maps the S positions of the stride-4 grid to S: its size is
 fixed by the input size the model is compiled for (the released code hard-codes NYUD's 14,980).

@@ -1,6 +1,7 @@
 """nn.Modules of DeMT (Xu et al., AAAI 2023) as the official ``DemtHead`` computes them.
 
-See ``shared/reference/models.md`` section 5. Two things decide parity with the official model:
+Official code: github.com/yangyangxu0/DeMT, src/model/heads/demt_head.py (``DemtHead``,
+``DefMixer``, ``ChlSpl``, ``Offset``). Two things decide parity with the official model:
 the "deformable" operator is a 1x1 DCNv1 whose per-channel offsets are an affine function of the
 absolute pixel coordinates (``PixelOffsets``), and the official attentions, called with
 ``batch_first=False`` on ``(B, tokens, D)`` tensors at one image per GPU, degenerate into a

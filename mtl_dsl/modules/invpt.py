@@ -1,7 +1,8 @@
 """nn.Modules behind the InvPT blocks (Ye & Xu, ECCV 2022), as the official code computes them.
 
 The decoder works on one feature map per task; the attention of a stage looks at the tokens of
-all tasks at once. Where the official code and the paper differ (models.md section 7) the module
+all tasks at once. Where the official code and the paper differ (github.com/prismformore/Multi-Task-Transformer, InvPT/models/transformers/
+transformer_decoder.py) the module
 follows the code by default and takes the paper's form as an option.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """nn.Modules of TPANet (Xu et al.) as the released ``AdaptHead`` computes them.
 
-See ``shared/reference/models.md`` section 6.2: grouped 1x1 prior convolutions without BatchNorm,
+The released code (github.com/yangyangxu0/TPANet, src/model/heads/adapthead.py) has grouped 1x1 prior convolutions without BatchNorm,
 an adaptive task mixing whose spatial MLP is sized by the number of positions of the map (so its
 weights are tied to the input size the model is compiled for), a cross attention that, at one image
 per GPU, attends over a single key, and an MLP shared by all tasks.
