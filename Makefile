@@ -22,9 +22,9 @@ $(STAMP): requirements.lock pyproject.toml install.sh
 	PYTHON=$(PYTHON) VENV=$(VENV) bash install.sh
 	touch $@
 
-# requirements.lock pins every package with its sha256 hashes (pip-tools' pip-compile), the
-# torch/torchvision pair included; regenerate it after changing the dependencies in pyproject.toml.
+# requirements.lock pins every package with its sha256 hash (tools/lock.py: pip's resolver and
+# its installation report), the torch/torchvision pair included. After changing the dependencies
+# in pyproject.toml: `make lock` keeps today's versions where it can, `make lock ARGS=--upgrade`
+# resolves afresh.
 lock:
-	$(PYTHON) -m venv /tmp/mtl-dsl-lock-venv && /tmp/mtl-dsl-lock-venv/bin/pip install -q pip-tools
-	/tmp/mtl-dsl-lock-venv/bin/pip-compile --generate-hashes --extra test --strip-extras \
-	    --no-emit-index-url --no-emit-find-links -o requirements.lock pyproject.toml
+	$(PYTHON) tools/lock.py $(ARGS)
