@@ -38,7 +38,6 @@ constructor names its parameters after the block's gets built by the same rule.
 from __future__ import annotations
 
 import importlib
-import inspect
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -83,7 +82,9 @@ def resolve_module(spec: str | Callable[..., Any]) -> Callable[..., Any]:
 
 
 @lru_cache(maxsize=None)
-def _parameters(target: Callable[..., Any]) -> tuple[inspect.Parameter, ...]:
+def _parameters(target: Callable[..., Any]) -> tuple[Any, ...]:
+    import inspect  # at build time only: `check` never needs it
+
     params = []
     for p in inspect.signature(target).parameters.values():
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
