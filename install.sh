@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
-"$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "mtl-dsl needs Python 3.10 or newer")'
+# The lock holds CPython 3.11 wheels (its header says so): another Python needs its own lock.
+"$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "requirements.lock is for CPython 3.11; with this Python run `make lock` first")'
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi

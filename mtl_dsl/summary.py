@@ -50,7 +50,7 @@ def official_implementation(file: str) -> str | None:
     byte-identical copy of one; a user's own (or edited) spec reproduces nothing."""
     from .api import resolve_spec_path
     from .errors import SpecError
-    from .frontend.lower import iter_builtin_specs
+    from .frontend import iter_builtin_specs
 
     name = Path(file).name
     if name not in OFFICIAL_IMPLEMENTATIONS:

@@ -13,7 +13,7 @@ from mtl_dsl.api import check_spec
 from mtl_dsl.cli import main
 from mtl_dsl.draw import (cluster_tree, edges, graphviz_available, node_lines, to_dot, to_mermaid,
                           to_svg, wrap_shape)
-from mtl_dsl.frontend.lower import iter_builtin_specs
+from mtl_dsl.frontend import iter_builtin_specs
 from mtl_dsl.svg_layout import MAX_WIDTH
 
 TASKS = {"atrc_pascal_hrnet18": "pascal", "atrc_nyud_hrnet18": "nyud", "atrc_nyud_hrnet48": "nyud"}

@@ -3,7 +3,7 @@
     python3 tools/lock.py            # keep the versions pinned today (re-hash, add what is new)
     python3 tools/lock.py --upgrade  # resolve pyproject.toml afresh
 
-pip resolves ``pyproject.toml`` (with the ``test`` extra) in a throw-away venv with
+pip resolves ``pyproject.toml`` (with every extra it declares: ``test``, ...) in a throw-away venv with
 ``pip install --dry-run --report`` (pip's own resolver and its JSON installation report; no
 package is installed) and the report gives each chosen file's URL and sha256. ``install.sh`` then
 installs exactly these files with ``pip install --require-hashes --no-deps``: nothing is resolved
@@ -20,6 +20,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import tomllib
 import venv
 from pathlib import Path
 
@@ -39,6 +40,12 @@ def pinned_versions() -> list[str]:
     return re.findall(r"^([A-Za-z0-9_.\-]+==[^\s\\]+)", LOCK.read_text(), re.M)
 
 
+def extras() -> list[str]:
+    """Every optional-dependency group of pyproject.toml: the lock covers them all."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return sorted(project.get("optional-dependencies", {}))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--upgrade", action="store_true", help="ignore today's pins")
@@ -48,7 +55,7 @@ def main() -> int:
         venv.create(env, with_pip=True)
         report = Path(tmp) / "report.json"
         cmd = [str(env / "bin" / "python"), "-m", "pip", "install", "--dry-run", "--quiet",
-               "--ignore-installed", "--report", str(report), "-e", f"{ROOT}[test]"]
+               "--ignore-installed", "--report", str(report), "-e", f"{ROOT}[{','.join(extras())}]"]
         if not args.upgrade and pinned_versions():
             constraints = Path(tmp) / "constraints.txt"
             constraints.write_text("\n".join(pinned_versions()) + "\n")
