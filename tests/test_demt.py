@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from mtl_dsl.blocks import get_block
@@ -273,8 +273,19 @@ def params_without_gradient(model) -> set[str]:
     return {n for n, p in model.named_parameters() if p.grad is None or not torch.any(p.grad != 0)}
 
 
+def every_variant_and_ablation(test):
+    """Explicit examples: each variant with each ablation, whatever the random examples draw."""
+    for i, (variant, modules) in enumerate((v, m) for v in ("official", "paper")
+                                           for m in ("dm", "dm+ti", "dm+ti+tq")):
+        tasks = (["semseg"], ["depth", "edge"], ["semseg", "normals", "sal"])[i % 3]
+        test = example(tasks=tasks, h=33 + i, w=40 - i, heads=(1, 2, 4)[i % 3], per_head=2,
+                       depth=1 + i % 2, variant=variant, modules=modules)(test)
+    return test
+
+
 @settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow],
           phases=[Phase.explicit, Phase.reuse, Phase.generate])  # shrinking a model is slow
+@every_variant_and_ablation
 @given(tasks=st.lists(st.sampled_from(KNOWN_TASKS), min_size=1, max_size=3, unique=True),
        h=st.integers(32, 56), w=st.integers(32, 56), heads=st.sampled_from([1, 2, 4]),
        per_head=st.integers(2, 4), depth=st.integers(1, 2),

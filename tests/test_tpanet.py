@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from mtl_dsl.api import compile_model
@@ -113,8 +113,23 @@ def test_shared_mlp_is_one_module_for_all_tasks():
 
 # -- the compiled reference spec -----------------------------------------------------------------
 
+# Explicit examples covering every pair of variant, ablation and attention (6 cases instead of 12).
+PAIRWISE = [("official", "tpe", "self"), ("paper", "tpe", "all"), ("official", "tpe+atm", "all"),
+            ("paper", "tpe+atm", "self"), ("official", "tpe+atm+ca", "self"),
+            ("paper", "tpe+atm+ca", "all")]
+
+
+def every_pair_of_options(test):
+    for i, (variant, modules, over) in enumerate(PAIRWISE):
+        tasks = (["semseg"], ["depth", "edge"], ["semseg", "normals", "sal"])[i % 3]
+        test = example(tasks=tasks, h=33 + i, w=40 - i, heads=(1, 2, 3)[i % 3], per_head=2,
+                       variant=variant, modules=modules, over=over)(test)
+    return test
+
+
 @settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow],
           phases=[Phase.explicit, Phase.reuse, Phase.generate])  # shrinking a model is slow
+@every_pair_of_options
 @given(tasks=st.lists(st.sampled_from(KNOWN_TASKS), min_size=1, max_size=3, unique=True),
        h=st.integers(32, 56), w=st.integers(32, 56), heads=st.sampled_from([1, 2, 3]),
        per_head=st.integers(1, 3), variant=st.sampled_from(["official", "paper"]),
