@@ -122,6 +122,20 @@ class TableEntryIR(BaseModel):
     loc: SourceLoc
 
 
+class WeightRule(BaseModel):
+    """One entry of a ``weights NAME { ... }`` map of the spec, expanded to plain data: the official
+    checkpoint's tensors whose names start with ``official`` are this model's tensors under
+    ``target`` (the rest of the name carried over, or renamed by the block's declared official
+    layout), or, with no ``target``, they are deliberately not used, for ``reason``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    official: str  # a dotted prefix of official key names ("head.bottleneck.semseg")
+    target: str | None  # a dotted prefix of this model's state_dict names; None: not used
+    reason: str = ""  # why the official tensors under ``official`` are not used
+    via: list[str] = []  # the import aliases / spec names the entry came through (``--init demt=``)
+    loc: SourceLoc
+
+
 class ModelIR(BaseModel):
     model_config = ConfigDict(extra="forbid")
     format: Literal["mtl-dsl-ir/1"] = "mtl-dsl-ir/1"
@@ -137,6 +151,9 @@ class ModelIR(BaseModel):
     outputs: list[Output]
     tables: list[TableEntryIR] = []
     imports: list[str] = []
+    # ``weights NAME { ... }``: how checkpoints of the official implementations name this model's
+    # tensors, one list of entries per map name ("official", ...).
+    weight_maps: dict[str, list[WeightRule]] = {}
 
     def node(self, name: str) -> Node:
         for n in self.nodes:

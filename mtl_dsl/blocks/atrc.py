@@ -4,6 +4,7 @@ github.com/brdav/atrc, src/model/heads/relationalcontext.py)."""
 from __future__ import annotations
 
 from ..types import FeatureMap, TaskMap
+from ..weights.layout import Alias, renames
 from .registry import Block, Call, Input, Param, register
 
 CONTEXT_KINDS = ("global", "local", "t_label", "s_label")  # the order of the genotype codes 1..4
@@ -68,6 +69,24 @@ class ContextPool(Block):
                                 f"features {source.shape_str()}", name, "source")
         return FeatureMap(channels=self._channels(call), h=target.h, w=target.w)
 
+    def official_layout(self, call: Call) -> tuple[Alias, ...]:
+        # brdav/atrc src/model/heads/attention.py: the CP blocks' query_project, key_project,
+        # value_project. The search supergraph (relationalcontextsearch.py, ConvexCombination):
+        # arch_param, fixed_weights (stored once frozen) and op_list in the order global, local,
+        # T-label and, off the diagonal, S-label.
+        projections = {"query_project": "query", "key_project": "key",
+                       "value_project": "value"}
+        if call["kind"] != "search":
+            return renames(projections)
+        pair = call["pair"] or ["", ""]
+        kinds = [k for k in CONTEXT_KINDS if not (k == "s_label" and pair[0] == pair[1])]
+        pairs = {"arch_param": "arch_logits"}
+        for index, kind in enumerate(kinds):
+            pairs.update({f"op_list.{index}.{theirs}": f"candidates.{kind}.{ours}"
+                          for theirs, ours in projections.items()})
+        return (Alias("fixed_weights", ("frozen",), optional=True,
+                      reason="the official block stores its one-hot choice only once frozen"),
+                *renames(pairs))
 
 
 @register
@@ -113,6 +132,11 @@ class ContextFusion(Block):
 
     def extra_args(self, call: Call) -> dict:
         return {"context_channels": self._context_channels(call)}
+
+    def official_layout(self, call: Call) -> tuple[Alias, ...]:
+        # ATRCModule.bottleneck[t] = Sequential(ConvBNReLU, Dropout2d); the search supergraph's
+        # is the ConvBNReLU alone (no dropout).
+        return renames({"bottleneck.0": "bottleneck"}) if call["dropout"] > 0 else ()
 
 
 @register

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from ..errors import did_you_mean
 from ..types import Dim, FeatureMap, MultiScale
+from ..weights.layout import UNFOLD_ORDER, Alias
 from .registry import Block, Call, Input, Param, register
 
 Family = Literal["hrnet", "resnet", "swin", "vit", "timm"]
@@ -270,6 +271,29 @@ class Backbone(Block):
                     pad_to_patch=opts.pad_to_patch, swin_window=opts.swin_window,
                     vit_norm=opts.vit_norm, drop_path=call["drop_path"])
 
+    def official_layout(self, call: Call) -> tuple[Alias, ...]:
+        """The official repositories' backbones: mmseg's HRNet (names equal timm's) and Swin
+        (mmseg names, see ``SWIN_MMSEG``), timm 0.5's ViT (InvPT; names equal timm's): under
+        our ``body``, plus the Swin output norms."""
+        opts = resolve_options(call)
+        family = opts.geometry.family
+        aliases: list[Alias] = []
+        if family == "swin":
+            for k in range(4):
+                if opts.output_norms and k + 1 in opts.levels:
+                    aliases.append(Alias(f"norm{k}", (f"output_norms.{opts.levels.index(k + 1)}",)))
+                else:
+                    aliases.append(Alias(f"norm{k}", reason=f"mmseg's output norm of stage {k}, "
+                                                            f"which this model does not return"))
+            aliases += SWIN_MMSEG
+        elif family == "vit":
+            aliases += [Alias(f"blocks.{n}", reason="a ViT block after the last returned level "
+                                                    "(not built)")
+                        for n in range(max(opts.levels), opts.geometry.depth)]
+            aliases.append(Alias("head", reason="the ImageNet classifier (not built)"))
+        aliases.append(Alias("", ("body",)))
+        return tuple(aliases)
+
     def idle(self, call: Call) -> dict[str, str]:
         opts = resolve_options(call)
         if opts.geometry.family != "hrnet":
@@ -281,6 +305,26 @@ class Backbone(Block):
                 f"fuses into HRNet branch {lv}, which is not among the returned levels"
                 for lv in unused}
 
+
+# mmsegmentation's Swin (mmseg/models/backbones/swin.py, copied by DeMT and TPANet as
+# src/model/backbones/swin.py) against timm's (features_only: stage i is `layers_i`). mmseg
+# downsamples at the end of a stage, timm at the start of the next; mmseg merges patches with
+# nn.Unfold (channel-major), so the merging LayerNorm and Linear see their inputs in another order.
+SWIN_MMSEG: tuple[Alias, ...] = (
+    Alias("patch_embed.projection", ("body.patch_embed.proj",)),
+    Alias("patch_embed.norm", ("body.patch_embed.norm",)),
+    Alias("stages.{s}.blocks.{b}.attn.w_msa.relative_position_index",
+          reason="mmseg's window-attention index table: a constant timm recomputes"),
+    Alias("stages.{s}.blocks.{b}.attn.w_msa", ("body.layers_{s}.blocks.{b}.attn",)),
+    Alias("stages.{s}.blocks.{b}.ffn.layers.0.0", ("body.layers_{s}.blocks.{b}.mlp.fc1",)),
+    Alias("stages.{s}.blocks.{b}.ffn.layers.1", ("body.layers_{s}.blocks.{b}.mlp.fc2",)),
+    Alias("stages.{s}.blocks.{b}", ("body.layers_{s}.blocks.{b}",)),
+    Alias("stages.{s}.downsample.reduction", ("body.layers_{s+1}.downsample.reduction",),
+          UNFOLD_ORDER),
+    Alias("stages.{s}.downsample.norm", ("body.layers_{s+1}.downsample.norm",), UNFOLD_ORDER),
+    Alias("norm", reason="the final norm of the ImageNet model (the output norms replace it)"),
+    Alias("head", reason="the ImageNet classifier"),
+)
 
 # Index of the last module of HRNet's stage 4 (its fusions are the outputs).
 HRNET_LAST_MODULE = {"hrnet_w18_small": 0, "hrnet_w18_small_v2": 1, "hrnet_w18": 2, "hrnet_w32": 2,

@@ -12,6 +12,7 @@ gradient) and the task query attends, at each pixel, over the T tasks' tokens at
 from __future__ import annotations
 
 from ..types import FeatureMap, TaskMap, same_dim
+from ..weights.layout import Alias, multihead_attention, renames
 from .registry import Block, Call, Input, Param, register
 
 QK_IDLE = "its softmax is over a single key, so the query/key projections never get a gradient"
@@ -61,6 +62,11 @@ class DemtLinearNorm(Block):
         x: FeatureMap = call.inputs["x"]
         return FeatureMap(channels=call["dim"], h=x.h, w=x.w)
 
+    def official_layout(self, call: Call) -> tuple[Alias, ...]:
+        # DemtHead.linear1 (yangyangxu0/DeMT src/model/heads/demt_head.py): Sequential(Linear, LN)
+        order = ("norm", "linear") if call["norm_first"] else ("linear", "norm")
+        return renames({"0": order[0], "1": order[1]})
+
 
 @register
 class DeformableMixer(Block):
@@ -74,6 +80,14 @@ class DeformableMixer(Block):
 
     def infer(self, call: Call) -> FeatureMap:
         return call.inputs["x"]
+
+    def official_layout(self, call: Call) -> tuple[Alias, ...]:
+        # DeMT's DefMixer block (demt_head.py): Sequential(conv, GELU, BN, Residual(Sequential(
+        # ChlSpl, GELU, BN))); the residual's module is `fn`.
+        return (Alias("3.fn.0.offset", reason="DeMT's `offset` buffer: filled from the kernel "
+                                              "size at construction, never read by the forward"),
+                *renames({"0": "channel_mix.0", "2": "channel_mix.2", "3.fn.0": "spatial.0",
+                          "3.fn.2": "spatial.2"}))
 
 
 @register
@@ -96,6 +110,9 @@ class TaskInteraction(Block):
         maps = _task_maps(call, "x")
         _check_heads(call, "x", maps[0].channels)
         return call.inputs["x"]
+
+    def official_layout(self, call: Call) -> tuple[Alias, ...]:
+        return multihead_attention("task_fusion")  # DemtHead.task_fusion: nn.MultiheadAttention
 
     def idle(self, call: Call) -> dict[str, str]:
         maps = _task_maps(call, "x")
@@ -132,6 +149,9 @@ class TaskQuery(Block):
         _check_heads(call, "x", x.channels)
         return x
 
+    def official_layout(self, call: Call) -> tuple[Alias, ...]:
+        return multihead_attention("task_query")  # DemtHead.task_querys[i]: nn.MultiheadAttention
+
     def idle(self, call: Call) -> dict[str, str]:
         maps = _task_maps(call, "context")
         keys = len(maps) if call["over"] == "tasks" else len(maps) * _positions(maps[0], call)
@@ -164,3 +184,6 @@ class RatioHead(Block):
                             f"{call['ratio']} is 0", "features")
         return FeatureMap(channels=call.task(call["task"]).channels, h=x.h, w=x.w)
 
+    def official_layout(self, call: Call) -> tuple[Alias, ...]:
+        # The heads' bottleneck[t] is the ATRC code base's ConvBNReLU (modules `conv`, `bn`).
+        return renames({"bottleneck.conv": "bottleneck.0", "bottleneck.bn": "bottleneck.1"})

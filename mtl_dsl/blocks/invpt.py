@@ -11,6 +11,7 @@ stride 4. ``specs/invpt.mtl`` composes these. The nn.Modules are in ``mtl_dsl.mo
 from __future__ import annotations
 
 from ..types import AttentionMap, FeatureMap, MultiScale, TaskMap, TokenGrid, same_dim
+from ..weights.layout import Alias, renames
 from .registry import Block, Call, Input, Param, register
 
 
@@ -115,6 +116,11 @@ class PreliminaryDecoder(Block):
         x: FeatureMap = call.inputs["x"]
         return FeatureMap(channels=call["channels"], h=x.h, w=x.w)
 
+    def official_layout(self, call: Call) -> tuple[Alias, ...]:
+        # prismformore/Multi-Task-Transformer InvPT/models/transformers/invpt.py: each layer is a
+        # ConvBlock whose BatchNorm is `bn1`.
+        return (Alias("{k}.bn1", ("{k}.bn",)),)
+
 
 @register
 class TaskMix(Block):
@@ -136,6 +142,9 @@ class TaskMix(Block):
             raise call.fail(f"feature {f.shape_str()} and prediction {p.shape_str()} must share "
                             f"a grid", "feature", "pred")
         return FeatureMap(channels=call["channels"], h=f.h, w=f.w)
+
+    def official_layout(self, call: Call) -> tuple[Alias, ...]:
+        return renames({"0": "proj"})  # InvPT's mix_proj[t] = Sequential(Conv2d)
 
 
 def _task_entry(call: Call, name: str = "x") -> FeatureMap:
@@ -263,6 +272,17 @@ class TransformerBlock(Block):
     def extra_args(self, call: Call) -> dict:
         # the first stage gets no message: no message-passing layer
         return {"amp": call["amp"] if call.inputs.get("attn") is not None else None}
+
+    def official_layout(self, call: Call) -> tuple[Alias, ...]:
+        # InvPT's transformer_decoder.py Block: attn.conv_proj_q is a ModuleList in task order of
+        # Sequential-like conv/bn pairs; proj_q/k/v; fuse_attn mixes the stacked heads (AMP).
+        pairs = {f"attn.conv_proj_q.{call.task_names.index(t)}.{theirs}":
+                 f"attn.query_embed.{t}.{ours}"
+                 for t in _task_maps(call, "x") for theirs, ours in (("conv", "0"), ("bn", "1"))}
+        pairs.update({"attn.proj_q": "attn.q", "attn.proj_k": "attn.k", "attn.proj_v": "attn.v"})
+        if call.inputs.get("attn") is not None and call["amp"] == "conv":
+            pairs["attn.fuse_attn"] = "attn.amp.fuse"
+        return renames(pairs)
 
 
 @register

@@ -29,6 +29,8 @@ from .construct import BlockDefinitionError, bind, call_facts, resolve_module
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
+    from ..weights.layout import Alias
+
 
 class _Required:
     def __repr__(self) -> str:
@@ -228,6 +230,11 @@ class Block(ABC):
         """Parameters (names relative to the module, prefix match) that can never receive a
         gradient by construction, with the reason. Reported by the compiler, frozen at build."""
         return {}
+
+    def official_layout(self, call: Call) -> "tuple[Alias, ...]":
+        """How the official implementation names this module's tensors where its names differ
+        from ours (``mtl_dsl.weights.layout``): read by ``mtl-dsl convert`` and ``--init``."""
+        return ()
 
     # helpers -----------------------------------------------------------------------------------
     @classmethod

@@ -10,6 +10,7 @@ single key, whose query/key projections never get a gradient.
 from __future__ import annotations
 
 from ..types import FeatureMap, TaskMap, same_dim
+from ..weights.layout import Alias, multihead_attention, renames
 from .demt import QK_IDLE, _check_heads, _positions, _task_maps
 from .registry import Block, Call, Input, Param, register
 
@@ -38,6 +39,14 @@ class TaskPriorExtractor(Block):
         out = FeatureMap(channels=call["dim"], h=x.h, w=x.w)
         return TaskMap(items={t: out for t in call.task_names})
 
+    def official_layout(self, call: Call) -> tuple[Alias, ...]:
+        # AdaptHead (yangyangxu0/TPANet src/model/heads/adapthead.py): specific_tasks is a
+        # ModuleList in task order, each branch (and inject_prior) a bare Conv2d.
+        pairs = {f"specific_tasks.{i}": f"specific_tasks.{t}.0"
+                 for i, t in enumerate(call.task_names)}
+        pairs["inject_prior"] = "inject_prior.0"
+        return renames(pairs)
+
 
 @register
 class AdaptiveTaskMixing(Block):
@@ -60,6 +69,14 @@ class AdaptiveTaskMixing(Block):
     def extra_args(self, call: Call) -> dict:
         maps = _task_maps(call, "x")
         return {"positions": _positions(maps[0], call)}
+
+    def official_layout(self, call: Call) -> tuple[Alias, ...]:
+        # AdaptTaskMixing: its one LayerNorm `LN`; fc_s / fc_c are Mlp(norm, fc1, act, fc2).
+        pairs = {"LN": "norm"}
+        for mlp in ("fc_s", "fc_c"):
+            pairs.update({f"{mlp}.norm": f"{mlp}.0", f"{mlp}.fc1": f"{mlp}.1",
+                          f"{mlp}.fc2": f"{mlp}.3"})
+        return renames(pairs)
 
 
 @register
@@ -88,6 +105,9 @@ class TpanetCrossAttention(Block):
         _check_heads(call, "x", x.channels)
         return x
 
+    def official_layout(self, call: Call) -> tuple[Alias, ...]:
+        return multihead_attention("attn")  # AdaptHead.cross_atts[i]: nn.MultiheadAttention
+
     def idle(self, call: Call) -> dict[str, str]:
         if call["over"] == "self" or _positions(call.inputs["x"], call) == 1:
             return {"attn.q_proj": QK_IDLE, "attn.k_proj": QK_IDLE}
@@ -109,3 +129,6 @@ class TpanetMlp(Block):
     def infer(self, call: Call) -> TaskMap:
         _task_maps(call, "x")
         return call.inputs["x"]
+
+    def official_layout(self, call: Call) -> tuple[Alias, ...]:
+        return renames({"mlp.norm": "mlp.0", "mlp.fc1": "mlp.1", "mlp.fc2": "mlp.3"})

@@ -1,0 +1,168 @@
+"""Official checkpoints into compiled specs: ``mtl-dsl convert``, ``eval``/``predict --weights``
+and ``train --init``.
+
+Every path goes through one plan (``plan.make_plan``) built from the spec's ``weights`` map and
+its blocks' official layouts, so the three commands accept and refuse the same files for the same
+reasons. A refusal is one ``SpecError`` (exit 2) naming the most telling problem first; nothing
+is written before the plan is complete.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import Diagnostic, SpecError, simple_error
+from .files import OfficialWeights, file_sha256, read_weights
+from .plan import Plan, make_plan, select
+from .report import correspondence, node_status, render
+from .tensors import materialize
+
+DEFAULT_MAP = "official"
+INIT_SEED = 0  # the seed of the initialisation a partial conversion keeps
+
+
+@dataclass
+class Loaded:
+    """The outcome of applying an official file to a model."""
+
+    plan: Plan
+    weights: OfficialWeights
+    state: dict[str, torch.Tensor]  # the model tensors that got values (model names)
+    report: str
+
+
+def model_layouts(model: Any) -> dict[str, tuple]:
+    """Each node's official layout, as its block declares it for this call."""
+    from ..blocks import REGISTRY
+
+    out = {}
+    for node in model.ir.nodes:
+        block = REGISTRY[node.block]
+        out[node.name] = tuple(block.official_layout(model.checked.calls[node.name]))
+    return out
+
+
+def plan_for(model: Any, weights: OfficialWeights, map_name: str = DEFAULT_MAP,
+             part: str | None = None) -> Plan:
+    ir = model.ir
+    maps = ir.weight_maps
+    if map_name not in maps:
+        known = ", ".join(f"'{m}'" for m in maps) or "none"
+        raise simple_error(ir.file, f"model '{ir.name}' has no weights map '{map_name}' (its "
+                                    f"maps: {known})",
+                           hint="a spec says how official checkpoints name its tensors with "
+                                "`weights NAME { ... }` (docs/language.md)")
+    entries = select(maps[map_name], part)
+    if part is not None and not entries:
+        parts = sorted({v for e in maps[map_name] for v in e.via})
+        raise simple_error("--init", f"no entry of the weights map '{map_name}' of '{ir.name}' "
+                                     f"comes from '{part}'",
+                           hint=f"parts it imports: {', '.join(parts)}" if parts else
+                           "this model imports no part with a weights map")
+    model_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return make_plan(map_name, entries, weights.shapes(), model_shapes, model_layouts(model),
+                     scoped=part is not None)
+
+
+def refuse(plan: Plan, weights: OfficialWeights, spec: str, allow_partial: bool) -> None:
+    problems = plan.problems(allow_partial)
+    if problems:
+        raise SpecError(Diagnostic(
+            str(weights.path), 1, 1, f"cannot load {weights.path.name} into {spec}: {problems[0]}",
+            notes=tuple(problems[1:6]) + ((f"... and {len(problems) - 6} more problems",)
+                                          if len(problems) > 6 else ())))
+
+
+def apply_file(model: Any, path: str | Path, map_name: str = DEFAULT_MAP, part: str | None = None,
+               allow_partial: bool = False) -> Loaded:
+    """Load an official file into ``model`` (its other tensors keep their values)."""
+    weights = read_weights(path)
+    plan = plan_for(model, weights, map_name, part)
+    spec = f"'{model.ir.name}' ({model.ir.file})"
+    refuse(plan, weights, spec, allow_partial)
+    reference = model.state_dict()
+    state = materialize(plan, weights.tensors, reference)
+    _, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected, unexpected  # the plan only names the model's tensors
+    status = node_status(plan, [n.name for n in model.ir.nodes], list(reference))
+    return Loaded(plan, weights, state, render(plan, weights, spec, status, part))
+
+
+def convert(spec: str, file: str | Path, out: str | Path, *, tasks: str | None = None,
+            input_size: tuple[int, int] | None = None, preset: str | None = None,
+            overrides: dict[str, Any] | None = None, model_name: str | None = None,
+            map_name: str = DEFAULT_MAP, allow_partial: bool = False) -> tuple[Path, str]:
+    """Write a checkpoint folder (``model.safetensors`` + ``meta.json``) of the compiled spec
+    from an official file; returns (folder, report)."""
+    from ..api import compile_model, resolve_spec_path
+    from ..runtime.checkpoints import ir_hash, save_checkpoint
+
+    out = Path(out)
+    if out.exists():
+        raise simple_error(str(out), f"output folder exists: {out}",
+                           hint="choose another -o or remove it first")
+    kwargs = dict(tasks=tasks, overrides=overrides or None, preset=preset, input_size=input_size,
+                  model=model_name)
+    weights = read_weights(file)
+    torch.manual_seed(INIT_SEED)
+    if allow_partial:  # the tensors the file does not give keep a real initialisation
+        model = compile_model(spec, **kwargs)
+    else:  # every value comes from the file: the model's names and shapes are enough
+        with torch.device("meta"):
+            model = compile_model(spec, **kwargs)
+    plan = plan_for(model, weights, map_name)
+    spec_label = f"'{model.ir.name}' ({model.ir.file})"
+    refuse(plan, weights, spec_label, allow_partial)
+    reference = model.state_dict()
+    converted = materialize(plan, weights.tensors, reference)
+    state = {k: converted[k] if k in converted else v for k, v in reference.items()}
+    status = node_status(plan, [n.name for n in model.ir.nodes], list(reference))
+    report = render(plan, weights, spec_label, status)
+    path, _ = resolve_spec_path(spec)
+    meta = {
+        "kind": "converted",
+        "step": 0,
+        "spec": str(spec),
+        "spec_file": str(path),
+        "spec_source": path.read_text(encoding="utf-8"),
+        "spec_sha256": file_sha256(path),
+        "model": model.ir.name,
+        "graph_hash": model.ir.graph_hash(),
+        "ir_hash": ir_hash(model.ir),
+        "source": {"file": str(Path(file)), "sha256": weights.sha256, "format": weights.format,
+                   "wrapper": weights.wrapper, "prefix_removed": weights.stripped,
+                   "tensors": len(weights.tensors), "set_aside": weights.set_aside},
+        "correspondence": correspondence(plan),
+        "init_seed": INIT_SEED if plan.missing else None,
+        "profile": model.profile.model_dump(mode="json"),
+        "input_size": list(model.input_size),
+        "run_config": _run_config(tasks or model.ir.profile, tuple(model.input_size), preset,
+                                  overrides),
+    }
+    save_checkpoint(out, state, {}, meta)
+    return out, report
+
+
+def _run_config(tasks: str, input_size: tuple[int, int], preset: str | None,
+                overrides: dict[str, Any] | None) -> dict:
+    """The run config ``eval``/``predict``/``train`` rebuild the model from (the default run
+    otherwise: the synthetic scenes unless ``--set dataset...`` says another)."""
+    from ..runtime.config import load_config
+
+    flat: dict[str, Any] = {"tasks": tasks, "training": {"input_size": list(input_size)}}
+    model: dict[str, Any] = {}
+    if preset is not None:
+        model["preset"] = preset
+    if overrides:
+        model["overrides"] = dict(overrides)
+    if model:
+        flat["model"] = model
+    return load_config(None, overrides=flat, check_paths=False).dump()
+
+
+def read_converted_meta(folder: str | Path) -> dict:
+    return json.loads((Path(folder) / "meta.json").read_text(encoding="utf-8"))
