@@ -26,6 +26,7 @@ EXIT_INTERRUPTED = 130
 COMMANDS = (
     "mtl_dsl.cli.spec",          # check, compile, render, blocks
     "mtl_dsl.runtime.commands",  # train, search, eval, predict
+    "mtl_dsl.weights.commands",  # convert
 )
 
 DESCRIPTION = ("Check, compile, render, train, evaluate and run multi-task dense-prediction\n"

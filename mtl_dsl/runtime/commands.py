@@ -61,11 +61,23 @@ a plain NAME=VALUE is a model parameter (backbone=resnet18, dim=64); every key: 
 """
 
 
+def _add_weights_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--map", default="official", metavar="NAME",
+                   help="the spec's weights map an official file is read with (default: official)")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="model tensors an official file does not give keep their initialisation")
+
+
 def register(subparsers: Any) -> None:
     formatter = argparse.RawDescriptionHelpFormatter
     p = subparsers.add_parser("train", help="train a spec with Ray Train (default: synthetic data, local CPU/GPU)",
                               epilog=RUN_KEYS_HELP, formatter_class=formatter)
     _add_run_arguments(p)
+    p.add_argument("--init", default=None, metavar="[PART=]FILE",
+                   help="start from an official checkpoint (read through the spec's weights map) "
+                        "or a checkpoint folder; PART=FILE loads only the blocks the spec imports "
+                        "from PART (e.g. demt=demt_nyud.pth); the optimiser starts fresh")
+    _add_weights_arguments(p)
     p.set_defaults(func=cmd_train)
 
     p = subparsers.add_parser("search", help="ATRC architecture search on the spec's supergraph",
@@ -75,7 +87,7 @@ def register(subparsers: Any) -> None:
 
     p = subparsers.add_parser("eval", help="evaluate a checkpoint on the validation split")
     p.add_argument("spec", help="the spec the checkpoint was trained from")
-    p.add_argument("--checkpoint", required=True, metavar="DIR", help="checkpoint directory or run folder")
+    _add_checkpoint_arguments(p)
     p.add_argument("--config", default=None, metavar="RUN.yaml",
                    help="run config (default: the one stored in the checkpoint)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V",
@@ -87,10 +99,22 @@ def register(subparsers: Any) -> None:
 
     p = subparsers.add_parser("predict", help="write a PNG per task per image")
     p.add_argument("spec", help="the spec the checkpoint was trained from")
-    p.add_argument("--checkpoint", required=True, metavar="DIR", help="checkpoint directory or run folder")
+    _add_checkpoint_arguments(p)
     p.add_argument("images", nargs="+", help="input images")
     p.add_argument("--out", default="predictions", metavar="DIR", help="output folder (default ./predictions)")
     p.set_defaults(func=cmd_predict)
+
+
+def _add_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", metavar="DIR", help="checkpoint directory or run folder "
+                                                           "(also a folder written by convert)")
+    which.add_argument("--weights", metavar="FILE", help="an official checkpoint, read through "
+                                                         "the spec's weights map")
+    _add_weights_arguments(p)
+    p.add_argument("--tasks", default=None, help="with --weights: task profile or list")
+    p.add_argument("--preset", default=None, metavar="NAME", help="with --weights: model preset")
+    p.add_argument("--input", default=None, metavar="HxW", help="with --weights: input size")
 
 
 # --- building the run config from the flags ---------------------------------------------------------
@@ -152,8 +176,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .failures import TrainingError
     from .launch import run_training
 
+    init = None
+    if args.init is not None:
+        init = {"file": args.init, "map": args.map, "allow_partial": args.allow_partial}
     try:
-        result = run_training(args.spec, cfg, resume=args.resume, plain=args.plain, verbose=args.verbose)
+        result = run_training(args.spec, cfg, resume=args.resume, plain=args.plain, verbose=args.verbose,
+                              init=init)
     except TrainingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -183,7 +211,16 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def _eval_config(args: argparse.Namespace):
-    """The run config of ``eval``: --config, else the checkpoint's; --set on top of either."""
+    """The run config of ``eval``: --config, else the checkpoint's; --set on top of either.
+    With --weights (no checkpoint folder): the flags on the default run config."""
+    from ..errors import simple_error
+
+    given = [f"--{k}" for k in ("tasks", "preset", "input") if getattr(args, k, None) is not None]
+    if args.weights is not None:
+        return build_config(args)
+    if given:
+        raise simple_error(given[0], f"{', '.join(given)} go with --weights; a checkpoint folder "
+                                     f"records its tasks, preset and input size")
     if args.config is None and not args.overrides:
         return None  # the run config stored in the checkpoint
     from .checkpoints import META_FILE, read_meta, resolve_checkpoint
@@ -205,7 +242,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     try:
         _, table = run_eval(args.spec, args.checkpoint, _eval_config(args), args.baseline,
-                            max_batches=args.max_batches)
+                            max_batches=args.max_batches, weights=args.weights,
+                            weights_map=args.map, allow_partial=args.allow_partial)
     except DatasetError as exc:
         raise usage_error("dataset", str(exc)) from None
     except TrainingError as exc:  # an unreadable sample
@@ -218,6 +256,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .evaluate import run_predict
 
-    written = run_predict(args.spec, args.checkpoint, args.images, args.out)
+    config = None
+    if args.weights is not None:
+        args.config, args.overrides = None, []
+        config = build_config(args)
+    written = run_predict(args.spec, args.checkpoint, args.images, args.out, config=config,
+                          weights=args.weights, weights_map=args.map,
+                          allow_partial=args.allow_partial)
     print(f"wrote {len(written)} PNG files to {args.out}")
     return 0

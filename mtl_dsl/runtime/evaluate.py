@@ -103,11 +103,27 @@ def load_trained_model(spec: Any, checkpoint: str | Path, config: RunConfig | No
     return model, config, loaded
 
 
-def run_eval(spec: Any, checkpoint: str | Path, config: RunConfig | None = None,
+def load_official_model(spec: Any, weights: str | Path, config: RunConfig,
+                        weights_map: str = "official", allow_partial: bool = False):
+    """(model with an official file's weights, read through the spec's weights map, run config,
+    what it is); the conversion report goes to stderr."""
+    import sys
+
+    from ..weights.convert import load_official_model as load
+
+    model, loaded = load(spec, weights, config, weights_map, allow_partial)
+    print(loaded.report, file=sys.stderr)
+    return model, config, f"the official weights {weights}"
+
+
+def run_eval(spec: Any, checkpoint: str | Path | None, config: RunConfig | None = None,
              baseline: str | Path | None = None, device: str | None = None,
-             max_batches: Optional[int] = None) -> tuple[dict[str, float], str]:
-    """Evaluate a checkpoint on the val split; returns (metrics, printed text): which checkpoint
-    (step and folder, and the corrupt newer ones skipped), then the metrics table."""
+             max_batches: Optional[int] = None, weights: str | Path | None = None,
+             weights_map: str = "official",
+             allow_partial: bool = False) -> tuple[dict[str, float], str]:
+    """Evaluate a checkpoint (or an official file, ``weights``, with ``config``) on the val split;
+    returns (metrics, printed text): which checkpoint (step and folder, and the corrupt newer ones
+    skipped), then the metrics table."""
     import torch
 
     from .metrics import BaselineError, delta_m, format_metrics_table, load_baseline
@@ -119,7 +135,11 @@ def run_eval(spec: Any, checkpoint: str | Path, config: RunConfig | None = None,
         except BaselineError as exc:
             raise usage_error(str(baseline), str(exc)) from None
     skipped: list = []
-    model, cfg, loaded = load_trained_model(spec, checkpoint, config, skipped)
+    if weights is not None:
+        model, cfg, source = load_official_model(spec, weights, config, weights_map, allow_partial)
+    else:
+        model, cfg, loaded = load_trained_model(spec, checkpoint, config, skipped)
+        source = f"the checkpoint of step {loaded.step} ({loaded.path})"
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(dev)
     profile = cfg.profile()
@@ -127,8 +147,7 @@ def run_eval(spec: Any, checkpoint: str | Path, config: RunConfig | None = None,
     metrics, images = evaluate_model(model, loader, profile, cfg.dataset.name, dev,
                                      max_batches=max_batches)
     lines = [f"skipped checkpoint {path} (cannot be loaded: {why})" for path, why in skipped]
-    lines.append(f"evaluated the checkpoint of step {loaded.step} ({loaded.path}) on {images} "
-                 f"{cfg.dataset.name} val images")
+    lines.append(f"evaluated {source} on {images} {cfg.dataset.name} val images")
     table = "\n".join(lines) + "\n" + (format_metrics_table(metrics, base, split="val") or "")
     if base is not None:
         try:
@@ -208,12 +227,17 @@ def load_image(path: Path, size: tuple[int, int]):
     return tensor, original
 
 
-def run_predict(spec: Any, checkpoint: str | Path, images: list[str | Path], out: str | Path,
-                config: RunConfig | None = None) -> list[Path]:
+def run_predict(spec: Any, checkpoint: str | Path | None, images: list[str | Path],
+                out: str | Path, config: RunConfig | None = None,
+                weights: str | Path | None = None, weights_map: str = "official",
+                allow_partial: bool = False) -> list[Path]:
     import torch
     from PIL import Image
 
-    model, cfg, _ = load_trained_model(spec, checkpoint, config, check_paths=False)
+    if weights is not None:
+        model, cfg, _ = load_official_model(spec, weights, config, weights_map, allow_partial)
+    else:
+        model, cfg, _ = load_trained_model(spec, checkpoint, config, check_paths=False)
     profile = cfg.profile()
     size = cfg.input_size()
     out = Path(out)

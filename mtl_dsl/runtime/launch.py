@@ -81,12 +81,16 @@ def spec_source(spec: Any) -> tuple[str, str]:
 def run_training(spec: Any, config: RunConfig | None = None, *, resume: bool = False,
                  plain: bool = False, verbose: bool = False,
                  progress: Callable[[dict], None] | None = None,
-                 callbacks: list | None = None, check_data: bool = True) -> TrainResult:
+                 callbacks: list | None = None, check_data: bool = True,
+                 init: dict | None = None) -> TrainResult:
     """Train ``spec`` (a spec path, a built-in spec name, or ``factory(profile, input_size)``).
 
     ``progress`` receives every record of the loop (log lines, evaluations, checkpoints, notes);
     the default prints them with ``Console``. ``callbacks`` (``callbacks.Callback``) go to the
     loop of every worker. The run folder is locked for the whole run (``runlock.py``).
+    ``init``: ``{"file": "[PART=]FILE", "map": NAME, "allow_partial": bool}`` (``--init``) starts a
+    fresh run from an official checkpoint or a checkpoint folder, checked here before the run
+    folder is touched (``mtl_dsl.weights.convert.prepare_init``).
     """
     cfg = config if config is not None else load_config()
     spec_name, source = spec_source(spec)
@@ -103,6 +107,12 @@ def run_training(spec: Any, config: RunConfig | None = None, *, resume: bool = F
 
         for text in check_dataset(cfg):
             recorder({"kind": "note", "text": text})
+    initial = None
+    if init is not None and not resume:
+        from ..weights.convert import prepare_init
+
+        initial = prepare_init(spec, cfg, init["file"], init.get("map", "official"),
+                               init.get("allow_partial", False))
     storage = Path(cfg.run.storage).expanduser().resolve()
     run_name = default_run_name(spec, cfg)
     run_dir = storage / run_name
@@ -115,7 +125,11 @@ def run_training(spec: Any, config: RunConfig | None = None, *, resume: bool = F
             _check_resume(resume_from, cfg, signature, recorder)
         job = {"spec": spec, "spec_name": spec_name, "spec_source": source, "config": cfg.dump(),
                "graph": signature, "run_dir": str(run_dir), "callbacks": list(callbacks or []),
-               "resume_path": str(resume_from) if resume_from is not None else None}
+               "resume_path": str(resume_from) if resume_from is not None else None,
+               "init": None}
+        if initial is not None:
+            recorder({"kind": "note", "text": initial.report})
+            job["init"] = str(initial.write(run_dir / "init" / "model.safetensors"))
         if plain:
             out, checkpoint = _train_plain(job, cfg, run_dir, recorder)
         else:

@@ -181,11 +181,18 @@ def setup(job: dict, session) -> Run:
 
 def restore(run: Run) -> None:
     """Continue from the session's checkpoint, if it has one: weights, optimiser states, loss
-    weighting and step; the run config's hyper-parameters apply from here on."""
+    weighting and step; the run config's hyper-parameters apply from here on. Else the weights
+    ``--init`` gave, if any (the optimiser starts fresh)."""
     from .checkpoints import check_matches, unflatten_optimizer
 
     resumed = run.session.checkpoint_to_resume()
     if resumed is None:
+        if run.job.get("init"):  # `train --init`: a fresh run from given weights
+            from ..weights.convert import load_init
+
+            count = load_init(run.model, run.job["init"])
+            run.session.emit({"kind": "note", "text": f"initialised {count} tensors from "
+                                                      f"{run.job['init']}"})
         return
     meta = resumed.meta
     check_matches(run.model, resumed.path)  # lists the differing keys if the weights differ

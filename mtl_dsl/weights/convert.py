@@ -166,3 +166,95 @@ def _run_config(tasks: str, input_size: tuple[int, int], preset: str | None,
 
 def read_converted_meta(folder: str | Path) -> dict:
     return json.loads((Path(folder) / "meta.json").read_text(encoding="utf-8"))
+
+
+# --- eval / predict --weights, train --init -----------------------------------------------------
+
+
+def load_official_model(spec: Any, path: str | Path, config: Any, map_name: str = DEFAULT_MAP,
+                        allow_partial: bool = False) -> tuple[Any, Loaded]:
+    """The spec compiled for the run config, with an official file's weights, in eval mode."""
+    from ..api import build_model
+
+    torch.manual_seed(INIT_SEED)
+    model = build_model(spec, **config.model_arguments())
+    loaded = apply_file(model, path, map_name, allow_partial=allow_partial)
+    model.eval()
+    return model, loaded
+
+
+def parse_init(text: str) -> tuple[str | None, str]:
+    """``--init FILE`` or ``--init PART=FILE`` (PART: a spec the model imports blocks from)."""
+    part, sep, file = text.partition("=")
+    if sep and part.isidentifier() and not Path(text).exists():
+        return part, file
+    return None, text
+
+
+@dataclass
+class Init:
+    """What ``--init`` gives, checked against the model: a checkpoint folder's file, or the
+    tensors of an official file under the model's names (written next to the run by ``write``)."""
+
+    report: str
+    file: Path | None = None
+    state: dict[str, torch.Tensor] | None = None
+    source: str = ""
+
+    def write(self, target: Path) -> Path:
+        """The file the workers load (``target`` for an official file's tensors)."""
+        from safetensors.torch import save_file
+
+        if self.file is not None:
+            return self.file
+        assert self.state is not None
+        target.parent.mkdir(parents=True, exist_ok=True)
+        save_file(self.state, str(target), metadata={"source": self.source})
+        return target
+
+
+def prepare_init(spec: Any, config: Any, text: str, map_name: str = DEFAULT_MAP,
+                 allow_partial: bool = False) -> Init:
+    """Check ``--init [PART=]FILE`` against the model before any worker starts.
+
+    FILE is an official checkpoint (read through the spec's weights map; PART: only the entries
+    of the blocks the spec imports from PART) or a checkpoint folder of this spec (``mtl-dsl
+    convert`` output or a training run's), which must match the model tensor for tensor.
+    """
+    from ..api import build_model
+    from ..runtime.checkpoints import check_matches, resolve_checkpoint
+
+    part, file = parse_init(text)
+    with torch.device("meta"):
+        model = build_model(spec, **config.model_arguments())
+    if Path(file).is_dir():
+        if part is not None:
+            raise simple_error("--init", f"--init {part}=DIR: a checkpoint folder initialises the "
+                                         f"whole model; give an official file for a part")
+        folder = resolve_checkpoint(file)
+        check_matches(model, folder)
+        return Init(f"initialising from the checkpoint {folder}", file=folder / "model.safetensors")
+    weights = read_weights(file)
+    plan = plan_for(model, weights, map_name, part)
+    spec_label = f"'{model.ir.name}' ({model.ir.file})"
+    refuse(plan, weights, spec_label, allow_partial)
+    reference = model.state_dict()
+    state = materialize(plan, weights.tensors, reference)
+    status = node_status(plan, [n.name for n in model.ir.nodes], list(reference))
+    return Init(render(plan, weights, spec_label, status, part), state=state,
+                source=f"{file} (sha256 {weights.sha256})")
+
+
+def load_init(model: Any, path: str | Path) -> int:
+    """Load the tensors ``prepare_init`` wrote (every one must be the model's); the others keep
+    their initialisation. Returns how many were loaded."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    reference = model.state_dict()
+    wrong = [k for k, v in state.items() if k not in reference or v.shape != reference[k].shape]
+    if wrong:
+        raise simple_error(str(path), f"--init: {len(wrong)} tensors do not fit the model: "
+                                      f"{', '.join(wrong[:6])}")
+    model.load_state_dict({k: v.to(reference[k].dtype) for k, v in state.items()}, strict=False)
+    return len(state)
