@@ -209,7 +209,8 @@ class Backbone(Block):
     family = "backbones"
     module = "mtl_dsl.modules.backbones.create_backbone"
     doc = ("A timm image encoder returning the maps of the chosen levels (NCHW, in level order). "
-           "Weights are random unless `pretrained` names a local .safetensors file.")
+           "Weights are random unless `pretrained` is \"timm\" (timm's own pretrained weights) "
+           "or names a local .safetensors file.")
     args = {
         "name": Param(str, doc="timm model name, e.g. hrnet_w18_small_v2, "
                                "swin_tiny_patch4_window7_224, vit_large_patch16_384, resnet50"),
@@ -218,7 +219,10 @@ class Backbone(Block):
                                     "16; a registered timm CNN: timm's feature indices. Default "
                                     "[1, 2, 3, 4]; ViT: depth/4, /2, 3/4, depth",
                         item_type=int, min=0),
-        "pretrained": Param(str, "", "path of a local .safetensors file holding this block's "
+        "pretrained": Param(str, "", "\"timm\": timm's pretrained weights for `name` "
+                                     "(timm.create_model(pretrained=True): the Hugging Face "
+                                     "cache, HF_HOME and HF_HUB_OFFLINE=1 honoured); or the path "
+                                     "of a local .safetensors file holding this block's "
                                      "state_dict (or the timm model's, without the `body.` "
                                      "prefix); keys and shapes must match exactly, except a "
                                      "ViT position table, resampled to the input size. Empty: "

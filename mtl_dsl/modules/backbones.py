@@ -142,11 +142,15 @@ def create_backbone(name: str, family: str, levels: Sequence[int], *, in_chans: 
                     pad_to_patch: bool = False, swin_window: str = "mmseg",
                     vit_norm: Sequence[int] = (), drop_path: float = 0.0,
                     **timm_kwargs) -> nn.Module:
-    """Build the backbone (random init; timm never downloads) and load ``pretrained`` if given.
+    """Build the backbone and load ``pretrained``: "" random init; "timm" timm's own pretrained
+    weights for ``name`` (``timm.create_model(pretrained=True)``: the Hugging Face hub cache,
+    which honours ``HF_HOME`` and ``HF_HUB_OFFLINE=1``; timm adapts them as it does for any user,
+    e.g. a ViT position table resampled to ``img_size``); a path: a local .safetensors file.
 
     ``timm_kwargs`` go to ``timm.create_model`` (tests use them to build tiny variants).
     """
-    kwargs = dict(pretrained=False, in_chans=in_chans, **timm_kwargs)
+    from_timm = pretrained == "timm"
+    kwargs = dict(pretrained=from_timm, in_chans=in_chans, **timm_kwargs)
     if drop_path or family in ("swin", "vit"):  # timm's Swin defaults to 0.1: always say it
         kwargs["drop_path_rate"] = drop_path
     levels = list(levels)
@@ -176,7 +180,7 @@ def create_backbone(name: str, family: str, levels: Sequence[int], *, in_chans: 
         if family == "resnet":  # torchvision/mmseg init: timm's zero-initialised last BN of each
             kwargs.setdefault("zero_init_last", False)  # block would leave its convs gradient-free
         model = FeaturesBackbone(_create(name, dict(kwargs, features_only=True, out_indices=levels)))
-    if pretrained:
+    if pretrained and not from_timm:
         load_safetensors(model, pretrained)
     return model
 
@@ -191,6 +195,15 @@ def _create(name: str, kwargs: dict) -> nn.Module:
     except TypeError as e:  # a model that does not take one of the options (e.g. drop_path_rate)
         raise ValueError(f"timm model '{name}' does not accept these options "
                          f"({', '.join(sorted(kwargs))}): {e}") from e
+    except (OSError, RuntimeError) as e:
+        if not kwargs.get("pretrained"):
+            raise
+        hub = os.environ.get("HF_HOME", "~/.cache/huggingface")
+        offline = " (HF_HUB_OFFLINE=1: only the cache is read)" \
+            if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") else ""
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"cannot load timm's pretrained weights for '{name}' from the Hugging "
+                         f"Face cache under {hub}{offline}: {first}") from None
 
 
 def _resample_position_table(model: "ViTBackbone", state: dict[str, torch.Tensor]) -> None:

@@ -130,13 +130,13 @@ def _unwrap(path: Path, content: Any, fmt: str) -> OfficialWeights:
     lightning = False
     if isinstance(content, dict) and not _all_tensors(content):
         lightning = any(k in content for k in _LIGHTNING_MARKERS) and "state_dict" in content
-        for key, kind in (("state_dict", "lightning" if lightning else "state_dict"),
+        mmseg = "meta" in content and "state_dict" in content
+        for key, kind in (("state_dict", "lightning" if lightning else
+                           "mmseg" if mmseg else "state_dict"),
                           ("model", "model"), ("module", "module")):
             if isinstance(content.get(key), dict):
                 content, wrapper = content[key], kind
                 break
-        if wrapper == "state_dict" and "meta" in content:
-            wrapper = "mmseg"
     if not isinstance(content, dict) or not content:
         raise simple_error(str(path), f"{path} holds no state_dict (a dict of named tensors)")
     tensors = {str(k): v for k, v in content.items() if _is_tensor(v)}
