@@ -7,7 +7,7 @@ RelationalContextHead, RelationalContextSearchHead), yangyangxu0/DeMT
 ``src/model/heads/demt_head.py`` (DemtHead), yangyangxu0/TPANet ``src/model/heads/adapthead.py``
 (AdaptHead), prismformore/Multi-Task-Transformer ``InvPT/models/transformers/`` (TransformerNet),
 and mmsegmentation's ``mmseg/models/backbones/swin.py`` (the Swin DeMT and TPANet copy). They are
-anchored to the official code by ``tests/test_weights_maps.py``: for NYUD-v2 they reproduce the
+anchored to the official code by ``tests/test_official_names.py``: for NYUD-v2 they reproduce the
 golden fixtures' key lists and shapes exactly (and InvPT's ``keys.json``), and the Swin-T backbone
 holds the published 27,520,698 parameters. Tensors are on the meta device: names and shapes are
 what a map is checked on.
