@@ -183,7 +183,53 @@ class Table:
     span: Loc | None = None  # the whole statement or definition
 
 
-Stmt = Union[Assign, For, If, Return, Preset, Table]
+@dataclass
+class WeightsEntry:
+    """``"official.prefix" -> "node.path"``, or ``unused "official.prefix": "reason"``."""
+
+    official: str
+    target: str | None  # None: the official tensors under ``official`` are not used
+    reason: str
+    loc: Loc  # the official pattern
+    target_loc: Loc | None = None  # the target pattern, or the reason
+    keyword: str = ""  # "unused" (a soft keyword: parsed as a name, checked when lowering)
+    keyword_loc: Loc | None = None
+
+
+@dataclass
+class WeightsFor:
+    var: str
+    iterable: Expr
+    condition: Expr | None
+    body: list["WeightsItem"]
+    loc: Loc
+
+
+@dataclass
+class WeightsIf:
+    condition: Expr
+    body: list["WeightsItem"]
+    orelse: list["WeightsItem"]
+    loc: Loc
+
+
+WeightsItem = Union[WeightsEntry, WeightsFor, WeightsIf]
+
+
+@dataclass
+class Weights:
+    """``weights NAME { ... }``: how checkpoints of an official implementation name this block's
+    (or model's) tensors."""
+
+    name: str
+    items: list[WeightsItem]
+    loc: Loc  # the map's name
+    span: Loc | None = None  # the whole statement or definition
+    keyword: str = "weights"  # a soft keyword: parsed as a name, checked when lowering
+    keyword_loc: Loc | None = None
+
+
+Stmt = Union[Assign, For, If, Return, Preset, Table, Weights]
 
 
 # -- definitions ----------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ class Calls:
         self.selects: dict[tuple[str, int, str], GraphValue] = {}
         self.call_stack: list[str] = []
         self.trace: list[SourceLoc] = []  # the calls of user blocks being inlined
+        self.weight_maps: Any = None  # weightmaps.WeightMaps: the maps of inlined blocks
 
     def error(self, loc: Any, message: str, hint: str = "", notes: tuple[str, ...] = ()) -> Poison:
         return self.ev.error(loc, message, hint, notes)
@@ -54,7 +55,7 @@ class Calls:
         if node_name is None:
             node_name = self.names.anonymous(scope.prefix, _callee_name(callee))
         if user is not None:
-            result = self._inline(user, expr, scope, node_name)
+            result = self._inline(user, expr, scope, node_name, _via(callee, user, scope))
             if shape is not None and shape.shape is not None and shape.value is expr:
                 if not isinstance(result, GraphValue) or result.ref.index != 0:
                     raise self.error(shape.shape_loc or expr.loc,
@@ -236,7 +237,8 @@ class Calls:
         raise self.error(assertion.loc, "a shape assertion needs a block's result, not the input")
 
     # user blocks -------------------------------------------------------------------------------
-    def _inline(self, user: UserBlock, expr: ast.CallExpr, scope: Scope, node_name: str) -> Any:
+    def _inline(self, user: UserBlock, expr: ast.CallExpr, scope: Scope, node_name: str,
+                via: tuple[str, ...] = ()) -> Any:
         d = user.definition
         if d.name in self.call_stack or len(self.call_stack) >= MAX_CALL_DEPTH:
             chain = " -> ".join(self.call_stack[self.call_stack.index(d.name):] + [d.name]) \
@@ -266,12 +268,20 @@ class Calls:
         inner = Scope(vars=local, parent=None, prefix=node_name + ".", file=user.module)
         self.call_stack.append(d.name)
         self.trace.append(sloc(expr.loc))
+        maps = self.weight_maps
+        if maps is not None:
+            maps.enter(d.body)
         try:
             before = len(self.sink)
             result = self.lower_body(d.body, inner, False)
             if len(self.sink) > before:
                 raise Poison()
+            if maps is not None:
+                maps.leave(d.body, inner, node_name, via)
+                maps = None
         finally:
+            if maps is not None:
+                maps.discard()
             self.call_stack.pop()
             self.trace.pop()
         if result is None:
@@ -298,6 +308,19 @@ class Calls:
             return value
         raise self.error(p.loc, f"unknown type '{t}'",
                          did_you_mean(t, set(CONST_PARAM_TYPES) | GRAPH_PARAM_TYPES))
+
+
+def _via(callee: ast.Expr, user: UserBlock, scope: Scope) -> tuple[str, ...]:
+    """The import a user block is called through (its alias, and its file's name when it is
+    another file's): what ``train --init demt=FILE`` selects the block's weight entries by."""
+    from pathlib import Path
+
+    via = []
+    if isinstance(callee, ast.GetAttr) and isinstance(callee.obj, ast.Name):
+        via.append(callee.obj.name)
+    if scope.file is not None and user.module is not scope.file:
+        via.append(Path(user.module.spec.path).stem)
+    return tuple(dict.fromkeys(via))
 
 
 def _callee_name(callee: ast.Expr) -> str:

@@ -20,6 +20,7 @@ from .consteval import Evaluator
 from .loader import Loader
 from .naming import NodeNames
 from .params import bind_model_params
+from .weightmaps import WeightMaps
 from .values import (Family, FileScope, GraphValue, MissingTableEntry, Poison, Scope, TableRow,
                      TableValue, short, sloc, type_name)
 
@@ -46,6 +47,8 @@ class Lowerer:
         self.names = NodeNames(self.sink)
         self.calls = Calls(self.sink, self.ev, self.names, self.lower_body)
         self.ev.graph = self.calls
+        self.weight_maps = WeightMaps(self.ev, self.names, self.tasks)
+        self.calls.weight_maps = self.weight_maps
         self.outputs: list[Output] = []
         self.tables: list[TableEntryIR] = []
         self.steps = 0
@@ -66,14 +69,18 @@ class Lowerer:
         self.sink.raise_if_errors()
         scope = Scope(vars={k: v.value for k, v in params.items()}, parent=None, prefix="",
                       file=top)
+        self.weight_maps.enter(model.body)
         self.lower_body(model.body, scope, True)
+        maps = self.weight_maps.finish(model.body, scope)
         self.sink.raise_if_errors()  # a missing output is often a consequence of an earlier error
         for t in self.tasks:
             if not any(o.task == t and o.name == "final" for o in self.outputs):
                 self.error(model.loc, f"model '{model.name}' gives no output for task '{t}'",
                            "assign out[t] = ... inside 'for t in tasks'")
         self.sink.raise_if_errors()
-        return self._ir(model, display, path, params, preset)
+        ir = self._ir(model, display, path, params, preset)
+        ir.weight_maps = maps
+        return ir
 
     def _choose_model(self, top: FileScope, display: str, model_name: str | None) -> ast.BlockDef:
         models = top.spec.models
@@ -137,6 +144,8 @@ class Lowerer:
                 raise self.error(stmt.loc, "'preset' is only allowed at the top of a model")
         elif isinstance(stmt, ast.Table):
             self._table(stmt, scope)
+        elif isinstance(stmt, ast.Weights):  # read once the body is lowered (weightmaps)
+            self.weight_maps.check_placement(stmt, scope)
         return None
 
     def _poison_targets(self, stmt: ast.Stmt, scope: Scope) -> None:

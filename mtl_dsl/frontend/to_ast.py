@@ -39,7 +39,7 @@ class ToAst(Transformer):
 
     _PUNCT = {"LPAR", "RPAR", "LSQB", "RSQB", "LBRACE", "RBRACE", "COMMA", "COLON", "DOUBLECOLON",
               "EQUAL", "DOT", "ARROW", "IMPORT", "AS", "BLOCK", "MODEL", "FOR", "IN", "IF", "ELSE",
-              "RETURN", "PRESET", "TABLE"}
+              "RETURN", "PRESET", "TABLE", "MAPSTO"}
 
     path = "<spec>"
 
@@ -205,6 +205,39 @@ class ToAst(Transformer):
         if tok.type == "FALSE":
             return (False, loc)
         return (str(tok), loc)
+
+    def weights_stmt(self, children):
+        kw, name, (items, rbrace) = children
+        return ast.Weights(str(name), items, self._loc(name), span=self._span(kw, rbrace),
+                           keyword=str(kw), keyword_loc=self._loc(kw))
+
+    def weights_body(self, children):
+        return self._keep(children), children[-1]
+
+    def weights_entry(self, children):
+        official, _arrow, target = children
+        return ast.WeightsEntry(_unescape(str(official)), _unescape(str(target)), "",
+                                self._loc(official), self._loc(target))
+
+    def weights_unused(self, children):
+        kw, official, _colon, reason = children
+        return ast.WeightsEntry(_unescape(str(official)), None, _unescape(str(reason)),
+                                self._loc(official), self._loc(reason), keyword=str(kw),
+                                keyword_loc=self._loc(kw))
+
+    def weights_for(self, children):
+        kw, var, _in, iterable, _if, cond, (body, _rbrace) = children
+        return ast.WeightsFor(str(var), iterable, cond, body, self._loc(kw))
+
+    def weights_if(self, children):
+        kw, cond, (body, _rbrace), _else, orelse = children
+        if orelse is None:
+            orelse = []
+        elif isinstance(orelse, ast.WeightsIf):
+            orelse = [orelse]
+        else:
+            orelse = orelse[0]
+        return ast.WeightsIf(cond, body, orelse, self._loc(kw))
 
     # expressions
     def number(self, children):
