@@ -8,7 +8,6 @@ is written before the plan is complete.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,13 +67,35 @@ def plan_for(model: Any, weights: OfficialWeights, map_name: str = DEFAULT_MAP,
                      scoped=part is not None)
 
 
-def refuse(plan: Plan, weights: OfficialWeights, spec: str, allow_partial: bool) -> None:
+def refuse(plan: Plan, weights: OfficialWeights, model: Any, allow_partial: bool) -> None:
+    """One error naming what does not fit, most telling first; nothing if the plan is usable."""
     problems = plan.problems(allow_partial)
-    if problems:
-        raise SpecError(Diagnostic(
-            str(weights.path), 1, 1, f"cannot load {weights.path.name} into {spec}: {problems[0]}",
-            notes=tuple(problems[1:6]) + ((f"... and {len(problems) - 6} more problems",)
-                                          if len(problems) > 6 else ())))
+    if not problems:
+        return
+    hint = _task_hint(weights, [t.name for t in model.ir.tasks])
+    if hint:
+        problems.insert(0, hint)
+    raise SpecError(Diagnostic(
+        str(weights.path), 1, 1, f"cannot load {weights.path.name} into {_label(model)}: "
+                                 f"{problems[0]}",
+        notes=tuple(problems[1:6]) + ((f"... and {len(problems) - 6} more problems",)
+                                      if len(problems) > 6 else ())))
+
+
+def _label(model: Any) -> str:
+    return f"'{model.ir.name}' ({model.ir.file})"
+
+
+def _task_hint(weights: OfficialWeights, tasks: list[str]) -> str:
+    """When the file's per-task tensors name other tasks than the model's."""
+    from ..tasks import KNOWN_TASKS
+
+    parts = {part for key in weights.tensors for part in key.split(".")}
+    found = [t for t in KNOWN_TASKS if t in parts]
+    if not found or set(found) == set(tasks):
+        return ""
+    return (f"the checkpoint has per-task tensors for {len(found)} tasks ({', '.join(found)}), "
+            f"the model was compiled for {len(tasks)} ({', '.join(tasks)}): give --tasks to match")
 
 
 def apply_file(model: Any, path: str | Path, map_name: str = DEFAULT_MAP, part: str | None = None,
@@ -82,8 +103,8 @@ def apply_file(model: Any, path: str | Path, map_name: str = DEFAULT_MAP, part: 
     """Load an official file into ``model`` (its other tensors keep their values)."""
     weights = read_weights(path)
     plan = plan_for(model, weights, map_name, part)
-    spec = f"'{model.ir.name}' ({model.ir.file})"
-    refuse(plan, weights, spec, allow_partial)
+    spec = _label(model)
+    refuse(plan, weights, model, allow_partial)
     reference = model.state_dict()
     state = materialize(plan, weights.tensors, reference)
     _, unexpected = model.load_state_dict(state, strict=False)
@@ -115,8 +136,8 @@ def convert(spec: str, file: str | Path, out: str | Path, *, tasks: str | None =
         with torch.device("meta"):
             model = compile_model(spec, **kwargs)
     plan = plan_for(model, weights, map_name)
-    spec_label = f"'{model.ir.name}' ({model.ir.file})"
-    refuse(plan, weights, spec_label, allow_partial)
+    spec_label = _label(model)
+    refuse(plan, weights, model, allow_partial)
     reference = model.state_dict()
     converted = materialize(plan, weights.tensors, reference)
     state = {k: converted[k] if k in converted else v for k, v in reference.items()}
@@ -162,10 +183,6 @@ def _run_config(tasks: str, input_size: tuple[int, int], preset: str | None,
     if model:
         flat["model"] = model
     return load_config(None, overrides=flat, check_paths=False).dump()
-
-
-def read_converted_meta(folder: str | Path) -> dict:
-    return json.loads((Path(folder) / "meta.json").read_text(encoding="utf-8"))
 
 
 # --- eval / predict --weights, train --init -----------------------------------------------------
@@ -236,8 +253,8 @@ def prepare_init(spec: Any, config: Any, text: str, map_name: str = DEFAULT_MAP,
         return Init(f"initialising from the checkpoint {folder}", file=folder / "model.safetensors")
     weights = read_weights(file)
     plan = plan_for(model, weights, map_name, part)
-    spec_label = f"'{model.ir.name}' ({model.ir.file})"
-    refuse(plan, weights, spec_label, allow_partial)
+    spec_label = _label(model)
+    refuse(plan, weights, model, allow_partial)
     reference = model.state_dict()
     state = materialize(plan, weights.tensors, reference)
     status = node_status(plan, [n.name for n in model.ir.nodes], list(reference))

@@ -54,7 +54,10 @@ class Plan:
     def problems(self, allow_partial: bool) -> list[str]:
         """What makes this plan unusable, most telling first, one line each."""
         out: list[str] = []
-        out += [f"shape mismatch: {m}" for m in self.mismatches]
+        if self.mismatches:
+            more = len(self.mismatches) - 1
+            out.append(f"shape mismatch: {self.mismatches[0]}" +
+                       (f" (and {more} more, e.g. {self.mismatches[1]})" if more else ""))
         out += self.conflicts
         out += self.unresolved
         if self.outside and not self.scoped:
@@ -93,6 +96,7 @@ def make_plan(map_name: str, entries: Sequence[WeightRule], official: dict[str, 
     plan = Plan(map_name=map_name, scoped=scoped)
     index = _EntryIndex(entries)
     claimed: dict[str, str] = {}
+    mismatched: set[str] = set()  # model tensors named by an official one of another shape
     for key, shape in official.items():
         entry = index.find(key, plan)
         if entry is None:
@@ -122,6 +126,7 @@ def make_plan(map_name: str, entries: Sequence[WeightRule], official: dict[str, 
             op = alias.op
         problem = _shape_problem(op, shape, [model[n] for n in names])
         if problem:
+            mismatched.update(names)
             ours = ", ".join(f"{n} {list(model[n])}" for n in names)
             plan.mismatches.append(f"official {key} {list(shape)} -> model {ours}" +
                                    (f" ({problem})" if problem != "shape" else ""))
@@ -135,7 +140,7 @@ def make_plan(map_name: str, entries: Sequence[WeightRule], official: dict[str, 
             claimed[n] = key
         plan.transfers.append(Transfer(key, tuple(names), op, entry))
     optional = _optional(layouts)
-    unclaimed = [k for k in model if k not in claimed]
+    unclaimed = [k for k in model if k not in claimed and k not in mismatched]
     plan.kept_optional = [k for k in unclaimed if k in optional]
     unclaimed = [k for k in unclaimed if k not in optional]
     if plan.scoped:
