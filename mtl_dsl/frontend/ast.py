@@ -193,7 +193,7 @@ class WeightsEntry:
     loc: Loc  # the official pattern
     target_loc: Loc | None = None  # the target pattern, or the reason
     keyword: str = ""  # "unused" (a soft keyword: parsed as a name, checked when lowering)
-    keyword_loc: Loc | None = None
+    span: Loc | None = None  # the whole entry (from its keyword, if any)
 
 
 @dataclass
@@ -224,12 +224,20 @@ class Weights:
     name: str
     items: list[WeightsItem]
     loc: Loc  # the map's name
-    span: Loc | None = None  # the whole statement or definition
+    span: Loc | None = None  # the whole statement or definition (from its keyword)
     keyword: str = "weights"  # a soft keyword: parsed as a name, checked when lowering
-    keyword_loc: Loc | None = None
 
 
 Stmt = Union[Assign, For, If, Return, Preset, Table, Weights]
+
+
+def keyword_loc(node: "Weights | WeightsEntry") -> Loc:
+    """Where a soft keyword (``weights``, ``unused``) was written: the start of the span."""
+    span = node.span or node.loc
+    if not node.keyword:
+        return span
+    return Loc(span.file, span.line, span.column, len(node.keyword), span.start,
+               span.start + len(node.keyword) if span.start >= 0 else -1)
 
 
 # -- definitions ----------------------------------------------------------------------------------

@@ -209,7 +209,7 @@ class ToAst(Transformer):
     def weights_stmt(self, children):
         kw, name, (items, rbrace) = children
         return ast.Weights(str(name), items, self._loc(name), span=self._span(kw, rbrace),
-                           keyword=str(kw), keyword_loc=self._loc(kw))
+                           keyword=str(kw))
 
     def weights_body(self, children):
         return self._keep(children), children[-1]
@@ -217,13 +217,14 @@ class ToAst(Transformer):
     def weights_entry(self, children):
         official, _arrow, target = children
         return ast.WeightsEntry(_unescape(str(official)), _unescape(str(target)), "",
-                                self._loc(official), self._loc(target))
+                                self._loc(official), self._loc(target),
+                                span=self._span(official, target))
 
     def weights_unused(self, children):
         kw, official, _colon, reason = children
         return ast.WeightsEntry(_unescape(str(official)), None, _unescape(str(reason)),
                                 self._loc(official), self._loc(reason), keyword=str(kw),
-                                keyword_loc=self._loc(kw))
+                                span=self._span(kw, reason))
 
     def weights_for(self, children):
         kw, var, _in, iterable, _if, cond, (body, _rbrace) = children

@@ -150,11 +150,11 @@ class WeightMaps:
         """A map is written at the top level of a block or model body (not in a loop or an if),
         and is read once the body is lowered."""
         if stmt.keyword != "weights":
-            raise self.ev.error(stmt.keyword_loc or stmt.loc, f"unknown statement "
+            raise self.ev.error(ast.keyword_loc(stmt), f"unknown statement "
                                 f"'{stmt.keyword} {stmt.name} {{ ... }}'",
                                 "a map of official weight names is written `weights NAME { ... }`")
         if not self.frames or id(stmt) not in self.frames[-1].top_level or not scope.is_function:
-            raise self.ev.error(stmt.keyword_loc or stmt.loc,
+            raise self.ev.error(ast.keyword_loc(stmt),
                                 "a weights map is written at the top level of a block or model, "
                                 "not inside a loop or an if",
                                 "use `for` and `if` inside the map")
@@ -217,7 +217,7 @@ class WeightMaps:
 
         where = f"weights map '{name}'"
         if e.target is None and e.keyword != "unused":
-            raise self.ev.error(e.keyword_loc or e.loc, f"{where}: expected an entry "
+            raise self.ev.error(ast.keyword_loc(e), f"{where}: expected an entry "
                                 f"\"official\" -> \"ours\" or unused \"official\": \"reason\", "
                                 f"got '{e.keyword}'")
         for text, loc, what in ((e.official, e.loc, "official name"),
