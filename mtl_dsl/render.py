@@ -61,5 +61,13 @@ def render_spec(graph: CheckedGraph) -> str:
     for o in ir.outputs:
         suffix = "" if o.name == "final" else f".{o.name}"
         out.append(f"  out[{o.task}]{suffix} = {_ref(o.value)}")
+    for name, entries in ir.weight_maps.items():  # expanded: one entry per official prefix
+        out.append(f"  weights {name} {{")
+        for e in entries:
+            via = f" via {', '.join(e.via)}" if e.via else ""
+            entry = (f'"{e.official}" -> "{e.target}"' if e.target is not None
+                     else f'unused "{e.official}": "{e.reason}"')
+            out.append(f"    {entry}  # {e.loc.file}:{e.loc.line}{via}")
+        out.append("  }")
     out.append("}")
     return "\n".join(out)

@@ -12,7 +12,8 @@ from safetensors.torch import load_file, save_file
 
 from mtl_dsl.api import compile_model
 from mtl_dsl.cli import main
-from test_golden import GOLDEN, official_file
+from mtl_dsl.errors import SpecError
+from test_golden import official_file
 
 BASELINE_ARGS = ["--tasks", "nyud", "--input", "96x128"]  # the HRNet baseline takes any size
 
@@ -238,3 +239,17 @@ def test_refuses_to_overwrite_and_names_an_unknown_map(baseline_file, converted,
     err = refused(capsys, tmp_path / "out", "convert", "baseline_mt", str(baseline_file),
                   *BASELINE_ARGS, "--map", "offical")
     assert "has no weights map 'offical' (its maps: 'official', 'upernet')" in err
+
+
+def test_train_init_takes_a_checkpoint_folder_of_the_same_graph(converted, tmp_path):
+    from mtl_dsl.runtime.config import load_config
+    from mtl_dsl.weights.convert import prepare_init
+
+    cfg = load_config(None, {"tasks": "nyud", "training": {"input_size": [96, 128]}})
+    init = prepare_init("baseline_mt", cfg, str(converted))
+    assert init.write(tmp_path / "unused.safetensors") == converted / "model.safetensors"
+    other = load_config(None, {"tasks": "semseg:40,depth", "training": {"input_size": [96, 128]}})
+    with pytest.raises(SpecError, match="does not match the spec's graph"):
+        prepare_init("baseline_mt", other, str(converted))
+    with pytest.raises(SpecError, match="a checkpoint folder initialises the whole model"):
+        prepare_init("baseline_mt", cfg, f"demt={converted}")

@@ -171,3 +171,13 @@ def test_maps_are_read_without_torch():
     code = ("import sys; from mtl_dsl.api import load_ir; ir = load_ir('invpt', tasks='nyud'); "
             "assert ir.weight_maps['official']; assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_render_lists_the_expanded_maps(capsys):
+    from mtl_dsl.cli import main
+
+    assert main(["render", "hybrid_demt_tpanet", "--tasks", "semseg:3,depth"]) == 0
+    text = capsys.readouterr().out
+    maps = text[text.index("  weights official {"):]
+    assert '"head.defor_mixers.1.blocks.0" -> "d.d.depth.m.0"' in maps and "via demt" in maps
+    assert '"head.cross_atts.1" -> "y.a.depth.attn"' in maps and "via tpanet" in maps
