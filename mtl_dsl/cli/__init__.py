@@ -27,6 +27,7 @@ COMMANDS = (
     "mtl_dsl.cli.spec",          # check, compile, render, blocks
     "mtl_dsl.runtime.commands",  # train, search, eval, predict
     "mtl_dsl.weights.commands",  # convert
+    "mtl_dsl.cli.tune",          # tune
 )
 
 DESCRIPTION = ("Check, compile, render, train, evaluate and run multi-task dense-prediction\n"
@@ -36,6 +37,7 @@ examples:
   mtl-dsl check demt --tasks nyud              parse and shape-check a spec (no torch)
   mtl-dsl compile demt --preset hrnet18        build it and print its nodes, parameters, MACs
   mtl-dsl train baseline_mt                    train on the built-in synthetic scenes
+  mtl-dsl tune baseline_mt --search dim=[16,32] sweep a parameter with Ray Tune
   mtl-dsl COMMAND --help                       the options of one command
 
 SPEC is a .mtl file or the name of a built-in spec (baseline_mt, demt, tpanet, invpt, atrc, ...).

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, mode
 
 from ..errors import UsageError, did_you_mean, usage_error
 from ..tasks import DATASETS, PROFILES, TaskError, TaskProfile, resolve_tasks
+from .sweep_space import TuneSection
 from .yaml_source import FileSource, FlagSource, Source, load_yaml, read_yaml_file
 
 # The official per-task loss weights, identical for ATRC, DeMT, TPANet and InvPT (ATRC:
@@ -122,6 +123,8 @@ class RunSection(_Section):
     # torch CPU threads per worker; None = the CPUs Ray reserves for it (locally: cores / workers).
     # On a small machine, one core fewer leaves room for Ray's own processes.
     threads_per_worker: Optional[Int] = Field(None, ge=1, le=1024)
+    # CPUs Ray reserves per worker; None = the cluster's CPUs / workers (a sweep shares them out)
+    cpus_per_worker: Optional[Int] = Field(None, ge=1, le=1024)
     address: Optional[Str] = None  # an existing Ray cluster; None = local Ray in this process
     keep_checkpoints: Int = Field(2, ge=1)
     max_failures: Int = Field(2, ge=0)  # worker-group restarts Ray Train attempts
@@ -138,6 +141,7 @@ class RunConfig(_Section):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     run: RunSection = Field(default_factory=RunSection)
+    tune: TuneSection = Field(default_factory=TuneSection)  # ``mtl-dsl tune`` (sweep_space.py)
 
     # Derived views ---------------------------------------------------------------------------
     def tasks_text(self) -> str:

@@ -82,12 +82,13 @@ def run_training(spec: Any, config: RunConfig | None = None, *, resume: bool = F
                  plain: bool = False, verbose: bool = False,
                  progress: Callable[[dict], None] | None = None,
                  callbacks: list | None = None, check_data: bool = True,
-                 init: dict | None = None) -> TrainResult:
+                 init: dict | None = None, ray_callbacks: list | None = None) -> TrainResult:
     """Train ``spec`` (a spec path, a built-in spec name, or ``factory(profile, input_size)``).
 
     ``progress`` receives every record of the loop (log lines, evaluations, checkpoints, notes);
     the default prints them with ``Console``. ``callbacks`` (``callbacks.Callback``) go to the
-    loop of every worker. The run folder is locked for the whole run (``runlock.py``).
+    loop of every worker; ``ray_callbacks`` (``ray.train.UserCallback``) to Ray Train's run (a
+    sweep's report to Ray Tune). The run folder is locked for the whole run (``runlock.py``).
     ``init``: ``{"file": "[PART=]FILE", "map": NAME, "allow_partial": bool}`` (``--init``) starts a
     fresh run from an official checkpoint or a checkpoint folder, checked here before the run
     folder is touched (``mtl_dsl.weights.convert.prepare_init``).
@@ -133,7 +134,8 @@ def run_training(spec: Any, config: RunConfig | None = None, *, resume: bool = F
         if plain:
             out, checkpoint = _train_plain(job, cfg, run_dir, recorder)
         else:
-            out, checkpoint = _train_with_ray(job, cfg, run_name, storage, verbose, recorder)
+            out, checkpoint = _train_with_ray(job, cfg, run_name, storage, verbose, recorder,
+                                              list(ray_callbacks or []))
     return TrainResult(run_dir=run_dir, step=out["step"], metrics=out["metrics"], checkpoint=checkpoint,
                        history=recorder.of("log"), evaluations=recorder.of("eval"))
 
@@ -301,7 +303,7 @@ class _QueueDrain:
         self.thread.join(timeout=10)
 
 
-def _trainer(job: dict, cfg: RunConfig, run_name: str, storage: Path):
+def _trainer(job: dict, cfg: RunConfig, run_name: str, storage: Path, ray_callbacks: list):
     """The ``TorchTrainer`` of the run, and the queue its workers report to."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
@@ -314,11 +316,13 @@ def _trainer(job: dict, cfg: RunConfig, run_name: str, storage: Path):
         gpus = cfg.run.gpus_per_worker
     use_gpu = gpus > 0
     cpus_available = int(ray.cluster_resources().get("CPU", 1))
-    cpus_per_worker = max(1, cpus_available // cfg.run.workers) if not cfg.run.address else 1
+    cpus_per_worker = cfg.run.cpus_per_worker or (
+        max(1, cpus_available // cfg.run.workers) if not cfg.run.address else 1)
     resources = {"CPU": cpus_per_worker}
     if use_gpu:
         resources["GPU"] = gpus
-    queue = Queue(maxsize=10_000)
+    # The queue does no work: it needs no CPU (so it also fits in a Tune trial's placement group).
+    queue = Queue(maxsize=10_000, actor_options={"num_cpus": 0})
     # Ray Train restores a run of the same name and storage by itself; resume_path covers a
     # run folder without Ray's state (e.g. written by --plain) whose checkpoints remain.
     job = dict(job, queue=queue, cpus_per_worker=cpus_per_worker,
@@ -332,18 +336,19 @@ def _trainer(job: dict, cfg: RunConfig, run_name: str, storage: Path):
         run_config=RayRunConfig(
             name=run_name, storage_path=str(storage),
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints)),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
+            callbacks=ray_callbacks),
     )
     return trainer, queue
 
 
 def _train_with_ray(job: dict, cfg: RunConfig, run_name: str, storage: Path, verbose: bool,
-                    recorder: Recorder) -> tuple[dict, Optional[Path]]:
+                    recorder: Recorder, ray_callbacks: list) -> tuple[dict, Optional[Path]]:
     started_here = start_ray(cfg, verbose, cfg.run.workers)
     import ray.train
 
     try:
-        trainer, queue = _trainer(job, cfg, run_name, storage)
+        trainer, queue = _trainer(job, cfg, run_name, storage, ray_callbacks)
         with _QueueDrain(queue, recorder):
             try:
                 result = _fit_interruptibly(trainer)
