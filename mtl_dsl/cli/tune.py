@@ -87,8 +87,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(result.table)
     print(f"\nwrote {', '.join(p.name for p in result.files.values())} in {result.experiment_dir}")
     if result.interrupted:
-        left = sum(r.status == "unfinished" for r in result.rows)
-        print(f"sweep stopped with {left} trial(s) unfinished; continue it with: mtl-dsl tune "
+        done = sum(r.status != "unfinished" for r in result.rows)
+        print(f"sweep stopped after {done} of {result.planned} trials; continue it with: mtl-dsl tune "
               f"{args.spec} --resume --run-name {result.experiment_dir.name} "
               f"--storage {result.experiment_dir.parent}", file=sys.stderr)
         return 0 if cfg.tune.budget is not None else EXIT_INTERRUPTED

@@ -33,6 +33,7 @@ from .sweep_space import Dimension, budget_seconds, dimension_from_yaml, normali
 
 SWEEP_FILE = "sweep.json"
 TRIALS_DIR = "trials"
+TRIAL_CPU = 0.01  # what the trial of a Ray Train sweep reserves for itself
 FLAG = "--search"
 
 
@@ -42,7 +43,8 @@ class SweepResult:
     rows: list  # sweep_results.TrialRow, in trial order
     metric: str  # e.g. "semseg/mIoU" or "delta_m"
     mode: str  # "max" or "min"
-    interrupted: bool  # trials left unfinished (Ctrl+C, budget spent): resume=True continues
+    interrupted: bool  # trials left unfinished or not started (Ctrl+C, budget spent): resume=True continues
+    planned: int  # trials the sweep consists of
     table: str
     files: dict  # "csv", "table", "plot" -> Path
 
@@ -246,9 +248,12 @@ def _resources(sweep: dict, cfg: RunConfig) -> dict:
         if gpus > 0 and cfg.run.gpus_per_worker != 0:
             resources["GPU"] = min(1.0, gpus / sweep["concurrent"])
         return resources
-    # Ray Train reserves the workers' resources itself; the trial only waits for its run.
-    sweep["cpus_per_worker"] = cfg.run.cpus_per_worker or max(1, share // cfg.run.workers)
-    return {"CPU": 0}
+    # Ray Train reserves the workers' resources itself; the trial only waits for its run, and
+    # reserves a token CPU (Tune needs a resource) that its workers' reservations leave free.
+    workers = cfg.run.workers
+    sweep["threads"] = cfg.run.threads_per_worker or max(1, share // workers)
+    sweep["cpus_per_worker"] = cfg.run.cpus_per_worker or max(1, int((share - TRIAL_CPU) // workers))
+    return {"CPU": TRIAL_CPU}
 
 
 def _tuner(sweep: dict, folder: Path, resume: bool, resources: dict):
@@ -325,9 +330,21 @@ def run_sweep(spec: str, cfg: RunConfig, *, resume: bool = False, plain: bool = 
             ray.shutdown()
     rows = collect_rows(trials, sweep, folder / TRIALS_DIR)
     table, files = write_results(rows, sweep, folder)
-    interrupted = any(r.status == "unfinished" for r in rows)
+    planned = planned_trials(sweep)
+    interrupted = len(rows) < planned or any(r.status == "unfinished" for r in rows)
     return SweepResult(experiment_dir=folder, rows=rows, metric=sweep["metric"], mode=sweep["mode"],
-                       interrupted=interrupted, table=table, files=files)
+                       interrupted=interrupted, planned=planned, table=table, files=files)
+
+
+def planned_trials(sweep: dict) -> int:
+    """Trials of the whole sweep: every combination of the grids, ``samples`` times (Tune creates
+    them one by one, so a stopped sweep has fewer)."""
+    count = sweep["samples"]
+    for key, text in sweep["search"].items():
+        dim = dimension_from_yaml(key, text)
+        if dim.is_grid:
+            count *= len(dim.args)
+    return count
 
 
 def _describe(sweep: dict) -> str:
