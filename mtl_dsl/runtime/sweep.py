@@ -29,7 +29,8 @@ from ray import tune
 
 from ..errors import did_you_mean, simple_error
 from .config import RunConfig
-from .sweep_space import Dimension, budget_seconds, dimension_from_yaml, normalise_metric
+from .sweep_space import (Dimension, SearchSyntaxError, budget_seconds, dimension_from_yaml,
+                          normalise_metric)
 
 SWEEP_FILE = "sweep.json"
 TRIALS_DIR = "trials"
@@ -128,7 +129,10 @@ def plan_sweep(spec: str, cfg: RunConfig, plain: bool) -> dict:
     """The sweep as ``sweep_trial.run_trial`` and ``resume`` need it (JSON), after every check."""
     from .datasets import check_dataset
 
-    dims = cfg.tune.dimensions()
+    try:
+        dims = cfg.tune.dimensions()
+    except SearchSyntaxError as exc:
+        raise simple_error("tune.search", exc.message, exc.hint) from None
     if not dims:
         raise simple_error(FLAG, "nothing to search: give --search KEY=VALUES (e.g. dim=[64,128]) "
                                  "or a tune.search section in the run config")

@@ -147,6 +147,8 @@ def parse_dimension(key: str, text: str) -> Dimension:
         tree = _parser().parse(text)
     except UnexpectedInput as exc:
         column = getattr(exc, "column", 1) or 1
+        if getattr(getattr(exc, "token", None), "type", "") == "$END":
+            column = len(text.rstrip()) + 1  # just after the text
         raise SearchSyntaxError(_unexpected(exc, text), column if column > 0 else 1,
                                 "write a list [a, b], choice(a, b) or a distribution such as "
                                 "loguniform(1e-4, 1e-2)") from None
@@ -304,13 +306,15 @@ def parse_search_flag(item: str) -> Dimension:
 # -- the run config's ``tune:`` section ---------------------------------------------------------------------
 
 
-def _valid_search(entries: dict[str, Any]) -> dict[str, Any]:
-    for key, value in entries.items():
-        try:
-            dimension_from_yaml(key, value)
-        except SearchSyntaxError as exc:
-            raise ValueError(f"'{key}': {exc.message}" + (f" ({exc.hint})" if exc.hint else "")) from None
-    return entries
+def _valid_entry(value: Any) -> Any:
+    try:
+        dimension_from_yaml("entry", value)
+    except SearchSyntaxError as exc:
+        raise ValueError(exc.message + (f" ({exc.hint})" if exc.hint else "")) from None
+    return value
+
+
+SearchEntry = Annotated[Union[list, str], AfterValidator(_valid_entry)]
 
 
 def _valid_metric(name: Optional[str]) -> Optional[str]:
@@ -331,7 +335,7 @@ class TuneSection(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     # key -> list of values or a search expression (see the module docstring)
-    search: Annotated[dict[str, Union[list, str]], AfterValidator(_valid_search)] = Field(default_factory=dict)
+    search: dict[str, SearchEntry] = Field(default_factory=dict)
     samples: StrictInt = Field(1, ge=1, le=100_000)  # Tune's num_samples (each grid point this often)
     scheduler: Literal["fifo", "asha"] = "fifo"
     # the metric to optimise: delta_m (needs baseline) or <task>.<metric>, e.g. semseg.mIoU
