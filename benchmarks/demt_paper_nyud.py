@@ -24,40 +24,34 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--preset", default="hrnet18", help="demt preset (hrnet18, swin_t, swin_s, swin_b)")
-    p.add_argument("--input", default="425x560")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--steps", type=int, default=1, help="timed forward+backward steps (after one warm-up)")
-    p.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off", help="autocast on CUDA")
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
-    args = p.parse_args(argv)
-    height, width = (int(v) for v in args.input.lower().split("x"))
-
+def measure(preset: str = "hrnet18", size: tuple[int, int] = (425, 560), batch: int = 1, steps: int = 1,
+            amp: str = "off", device: str | None = None, report=print, overrides: dict | None = None) -> dict:
+    """One warm-up forward+backward, then ``steps`` timed ones; returns the figures (and prints
+    them through ``report``)."""
     import torch
 
     from mtl_dsl.api import compile_model
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = compile_model("demt", tasks="nyud", preset=args.preset, overrides={"variant": "paper"},
+    height, width = size
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = compile_model("demt", tasks="nyud", preset=preset, overrides={"variant": "paper", **(overrides or {})},
                           input_size=(height, width)).to(device)
     tasks = len(model.profile.tasks)
     tokens = math.ceil(height / 4) * math.ceil(width / 4)
     heads = next(m.heads for m in model.modules() if type(m).__name__ == "TokenAttention")
-    scores_gib = heads * (tasks * tokens) ** 2 * 4 * args.batch / 2**30
+    scores_gib = heads * (tasks * tokens) ** 2 * 4 * batch / 2**30
     params = sum(p.numel() for p in model.parameters())
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"demt --preset {args.preset} variant=paper: {params:,} parameters; input {height}x{width}, batch "
-          f"{args.batch}, {tasks} tasks -> {tasks * tokens:,} tokens attend to {tasks * tokens:,}; device {name}")
-    print(f"materialised fp32 scores of the task interaction: {scores_gib:.1f} GiB (never built)")
+    report(f"demt --preset {preset} variant=paper: {params:,} parameters; input {height}x{width}, batch "
+           f"{batch}, {tasks} tasks -> {tasks * tokens:,} tokens attend to {tasks * tokens:,}; device {name}")
+    report(f"materialised fp32 scores of the task interaction: {scores_gib:.1f} GiB (never built)")
 
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp) if device.type == "cuda" else None
-    x = torch.randn(args.batch, 3, height, width, device=device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp) if device.type == "cuda" else None
+    x = torch.randn(batch, 3, height, width, device=device)
 
     def step() -> float:
         started = time.perf_counter()
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             outputs = model(x)
             loss = sum(v.float().mean() for per_task in outputs.values() for v in per_task.values())
         loss.backward()
@@ -69,12 +63,31 @@ def main(argv=None) -> int:
     first = step()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times = [step() for _ in range(args.steps)]
+    times = [step() for _ in range(steps)]
     if device.type == "cuda":
-        peak = f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB GPU memory (max allocated)"
+        peak_gib = torch.cuda.max_memory_allocated(device) / 2**30
+        peak = f"{peak_gib:.2f} GiB GPU memory (max allocated)"
     else:
-        peak = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB process RSS (max)"
-    print(f"forward+backward: first {first:.2f} s, then {min(times):.2f} s (best of {len(times)}); peak {peak}")
+        peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        peak = f"{peak_gib:.2f} GiB process RSS (max)"
+    report(f"forward+backward: first {first:.2f} s, then {min(times):.2f} s (best of {len(times)}); peak {peak}")
+    return {"preset": preset, "input": [height, width], "batch": batch, "tokens": tasks * tokens,
+            "device": name, "amp": amp if dtype is not None else "off", "first_s": first,
+            "step_s": min(times), "peak_gib": peak_gib, "peak_kind": "gpu" if device.type == "cuda" else "rss",
+            "scores_gib_if_materialised": scores_gib, "params": params}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--preset", default="hrnet18", help="demt preset (hrnet18, swin_t, swin_s, swin_b)")
+    p.add_argument("--input", default="425x560")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--steps", type=int, default=1, help="timed forward+backward steps (after one warm-up)")
+    p.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off", help="autocast on CUDA")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    args = p.parse_args(argv)
+    height, width = (int(v) for v in args.input.lower().split("x"))
+    measure(args.preset, (height, width), args.batch, args.steps, args.amp, args.device)
     return 0
 
 
