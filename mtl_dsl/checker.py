@@ -75,6 +75,16 @@ class _Checker:
             return refs[0].node if refs else ""
         return ""
 
+    def producers(self, node: Node) -> dict[str, str]:
+        """Input name -> the node that made it; a collection's entries also as ``NAME[key]``."""
+        out = {}
+        for k, v in node.inputs.items():
+            out[k] = self.producer(v)
+            if isinstance(v, CollectionRef):
+                for key, item in v.items.items():
+                    out[f"{k}[{key}]"] = self.producer(item)
+        return out
+
     def check(self) -> CheckedGraph:
         size = tuple(self.ir.input_size)
         for node in self.ir.nodes:
@@ -102,7 +112,7 @@ class _Checker:
                 continue
             call = Call(node=node.name, block=node.block, inputs=inputs, params=dict(node.params),
                         tasks=tuple(self.ir.tasks), input_size=size,  # type: ignore[arg-type]
-                        producers={k: self.producer(v) for k, v in node.inputs.items()})
+                        producers=self.producers(node))
             try:
                 result = block.infer(call)
             except ShapeError as e:

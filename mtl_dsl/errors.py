@@ -94,6 +94,10 @@ class SpecError(Exception):
     def __str__(self) -> str:
         return self.render()
 
+    def __reduce__(self):
+        """Pickled with its diagnostics (a Ray worker's error reaches the driver whole)."""
+        return (type(self), (self.diagnostics,))
+
 
 class Located(Protocol):
     """Anything with a source position: the syntax tree's ``Loc``, the IR's ``SourceLoc``."""

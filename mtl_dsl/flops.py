@@ -142,10 +142,23 @@ class _RecordingCounter(FlopCounterMode):
 
 def count_macs(model: nn.Module, images: torch.Tensor, *inputs: Any) -> MacReport:
     """MACs of ``model(images, *inputs)`` (forward only, no gradients; the model's train/eval
-    mode is left as it is: count in eval mode for inference figures)."""
+    mode is left as it is: count in eval mode for inference figures).
+
+    A module may declare multiply-adds that its aten ops do not show with a method
+    ``multiply_adds(output, *inputs) -> int``: the weighted sum of the algebra blocks, a fold of
+    ``torch.addcmul`` (an op tagged pointwise), counts one MAC per term and output element there,
+    as the matrix product over its terms that it is."""
     counter = _RecordingCounter()
-    with torch.no_grad(), counter:
-        model(images, *inputs)
+    declared: dict[str, int] = defaultdict(int)
+    hooks = [module.register_forward_hook(_declared_hook(declared, name))
+             for name, module in model.named_modules()
+             if callable(getattr(module, "multiply_adds", None))]
+    try:
+        with torch.no_grad(), counter:
+            model(images, *inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
     root = type(model).__name__
     per_module: dict[str, int] = {}
     for name, ops in counter.get_flop_counts().items():
@@ -158,5 +171,18 @@ def count_macs(model: nn.Module, images: torch.Tensor, *inputs: Any) -> MacRepor
         else:  # pragma: no cover - a module outside the model (a hook calling another model)
             key = name
         per_module[key] = sum(ops.values()) // 2
-    return MacReport(total=counter.get_total_flops() // 2, per_module=per_module,
+    extra = sum(declared.values())
+    for name, macs in declared.items():
+        parts = name.split(".")
+        for i in range(len(parts) + 1):
+            key = ".".join(parts[:i])
+            if key == name or key in per_module:
+                per_module[key] = per_module.get(key, 0) + macs
+    return MacReport(total=counter.get_total_flops() // 2 + extra, per_module=per_module,
                      uncounted=tuple(sorted(counter.uncounted)))
+
+
+def _declared_hook(declared: dict[str, int], name: str):
+    def hook(module: nn.Module, args: tuple, output: Any) -> None:
+        declared[name] += int(module.multiply_adds(output, *args))
+    return hook

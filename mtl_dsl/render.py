@@ -32,6 +32,38 @@ def _ref(v: Ref | CollectionRef | None) -> str:
     return "{" + ", ".join(f"{k}: {_ref(x)}" for k, x in v.items.items()) + "}"
 
 
+_INFIX = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
+
+
+def _operator_text(n: Node) -> str | None:
+    """An operator or reduction node as the spec writes it: ``a * b``, ``0.5 * x``,
+    ``sum(g * m for [depth, edge])``; None for other blocks."""
+    if n.block in _INFIX:
+        const = n.params.get("const")
+        a, b = n.inputs.get("left"), n.inputs.get("right")
+        left = _ref(a) if a is not None else _literal(const)
+        right = _ref(b) if b is not None else _literal(const)
+        text = f"{left} {_INFIX[n.block]} {right}"
+        third = n.inputs.get("third")
+        return text + (f" + {_ref(third)}" if third is not None else "")
+    if n.block in ("sum", "mean", "max", "min"):
+        x = n.inputs.get("x")
+        if not isinstance(x, CollectionRef):
+            return f"{n.block}({_ref(x)})"
+        w = n.inputs.get("w")
+        coeffs = n.params.get("coeffs")
+        terms = []
+        for i, (key, v) in enumerate(x.items.items()):
+            if isinstance(w, CollectionRef):
+                terms.append(f"{_ref(w.items[key])} * {_ref(v)}")
+            elif isinstance(coeffs, list):
+                terms.append(f"{_literal(coeffs[i])} * {_ref(v)}")
+            else:
+                terms.append(_ref(v))
+        return f"{n.block}({', '.join(terms)})"
+    return None
+
+
 def render_spec(graph: CheckedGraph) -> str:
     ir = graph.ir
     out = [f"# model '{ir.name}' from {ir.file}, resolved"
@@ -54,9 +86,11 @@ def render_spec(graph: CheckedGraph) -> str:
         where = f"{n.loc.file}:{n.loc.line}"
         if n.trace:
             where += " via " + ", ".join(f"{t.file}:{t.line}" for t in reversed(n.trace))
-        text = f"  {n.name} = {n.block}({', '.join(args + explicit)})"
+        expression = _operator_text(n)
+        call = f"{n.block}({', '.join(args + explicit)})"
+        text = f"  {n.name} = {expression or call}"
         out.append(f"{text}  # {shape}  <- {where}")
-        if defaults:
+        if defaults and expression is None:
             out.append(f"  {' ' * len(n.name)}   # defaults: {', '.join(defaults)}")
     for o in ir.outputs:
         suffix = "" if o.name == "final" else f".{o.name}"

@@ -23,7 +23,8 @@ def _strip_locs(node):
     if dataclasses.is_dataclass(node) and not isinstance(node, ast.Loc):
         return (type(node).__name__,) + tuple(
             (f.name, _strip_locs(getattr(node, f.name))) for f in dataclasses.fields(node)
-            if f.name not in ("loc", "span", "shape_loc", "target_loc", "source_loc"))
+            if f.name not in ("loc", "span", "shape_loc", "target_loc", "source_loc")
+            and not isinstance(getattr(node, f.name), ast.Loc))  # op_loc, var_loc, ...
     if isinstance(node, (list, tuple)):
         return tuple(_strip_locs(n) for n in node)
     return node

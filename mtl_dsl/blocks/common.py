@@ -202,27 +202,6 @@ class ToMap(Block):
 
 
 @register
-class Add(Block):
-    name = "add"
-    module = "mtl_dsl.modules.common.Sum"
-    doc = "Element-wise sum of two or more values of one shape (a residual)."
-    args = {
-        "a": Input((FeatureMap, Tokens), "first"),
-        "b": Input((FeatureMap, Tokens), "second"),
-        "c": Input((FeatureMap, Tokens), "third", optional=True),
-    }
-
-    def infer(self, call: Call):
-        a, b, c = call.inputs["a"], call.inputs["b"], call.inputs["c"]
-        for name, other in (("b", b), ("c", c)):
-            if other is None:
-                continue
-            if type(other) is not type(a) or other.concrete(call.input_size) != a.concrete(call.input_size):
-                raise call.fail(f"cannot add {a.shape_str()} and {other.shape_str()}", "a", name)
-        return a
-
-
-@register
 class Concat(Block):
     name = "concat"
     module = "mtl_dsl.modules.common.ChannelConcat"

@@ -54,6 +54,7 @@ class BinOp:
     left: "Expr"
     right: "Expr"
     loc: Loc
+    op_loc: Loc | None = None  # the operator itself: where a shape mismatch is reported
 
 
 @dataclass
@@ -107,8 +108,32 @@ class GetAttr:
     loc: Loc
 
 
+@dataclass
+class IfExp:
+    """``body if condition else orelse``: the condition is a constant; only the chosen side is
+    evaluated."""
+
+    condition: "Expr"
+    body: "Expr"
+    orelse: "Expr"
+    loc: Loc
+
+
+@dataclass
+class Generator:
+    """``element for var in iterable [if condition]``: only as the sole argument of a call
+    (``sum(m[s] for s in tasks if s != t)``)."""
+
+    element: "Expr"
+    var: str
+    iterable: "Expr"
+    condition: "Expr | None"
+    loc: Loc
+    var_loc: Loc | None = None
+
+
 Expr = Union[Const, Name, ListExpr, DictExpr, BinOp, UnaryOp, Compare, BoolOp, CallExpr, GetItem,
-             GetAttr]
+             GetAttr, IfExp, Generator]
 
 
 # -- statements -----------------------------------------------------------------------------------

@@ -144,6 +144,11 @@ class Calls:
                      loc: ast.Loc) -> Any:
         if isinstance(value, GraphValue):
             return value.ref
+        if value is None:
+            if spec.optional:
+                return None  # `none` where the signature says `= none`
+            raise self.error(loc, f"argument '{arg_name}' of '{block.name}' is a required "
+                                  f"{spec.type_name()}: it cannot be none")
         if isinstance(value, Family):
             if TaskMap not in spec.kinds:
                 raise self.error(loc, f"argument '{arg_name}' of '{block.name}' takes a "
@@ -299,6 +304,8 @@ class Calls:
                                       f"not a graph value")
             return coerce(self.ev, value, t, loc, f"argument '{p.name}' of '{d.name}'")
         if t in GRAPH_PARAM_TYPES:
+            if value is None and isinstance(p.default, ast.Const) and p.default.value is None:
+                return value  # `x: map = none`: an optional graph value
             if t == "taskmap" and not isinstance(value, Family):
                 raise self.error(loc, f"argument '{p.name}' of '{d.name}' takes a per-task "
                                       f"collection")

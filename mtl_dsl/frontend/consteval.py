@@ -17,6 +17,7 @@ from ..ir import IMAGES, Ref, ShapeAssertion, ShapeDim
 from ..tasks import TaskProfile
 from ..types import Dim
 from . import ast
+from .algebra import GRAPH_FUNCTIONS
 from .values import (Family, GraphValue, Poison, Scope, TableRow, TableValue, is_graph, is_number,
                      sloc, type_name)
 
@@ -46,6 +47,7 @@ class Evaluator:
         self.profile = profile
         self.tasks = profile.task_names
         self.graph: GraphBuilder | None = None  # set by the lowering
+        self.algebra: Any = None  # frontend.algebra.Algebra: graph-value operators, reductions
 
     def error(self, loc: Located, message: str, hint: str = "",
               notes: tuple[str, ...] = ()) -> Poison:
@@ -81,13 +83,21 @@ class Evaluator:
                 out[k] = self._plain(self.eval(v, scope), v.loc)
             return out
         if isinstance(expr, ast.UnaryOp):
-            return self._unary(expr, scope)
+            return self._unary(expr, scope, node_name, shape)
         if isinstance(expr, ast.BoolOp):
             return self._boolop(expr, scope)
         if isinstance(expr, ast.Compare):
             return self._compare(expr, scope)
         if isinstance(expr, ast.BinOp):
-            return self._binop(expr, scope)
+            return self._binop(expr, scope, node_name, shape)
+        if isinstance(expr, ast.IfExp):
+            cond = self.const(expr.condition, scope, "a conditional expression")
+            if not isinstance(cond, bool):
+                raise self.error(expr.condition.loc, f"the condition of 'a if c else b' must be "
+                                                     f"true or false, got {type_name(cond)}")
+            return self.eval(expr.body if cond else expr.orelse, scope, node_name, shape)
+        if isinstance(expr, ast.Generator):
+            return self.algebra.generate(expr, scope)
         if isinstance(expr, ast.GetItem):
             return self._getitem(expr, scope)
         if isinstance(expr, ast.GetAttr):
@@ -95,6 +105,10 @@ class Evaluator:
                                        f"aliased import (alias.block(...))")
         if isinstance(expr, ast.CallExpr):
             callee = expr.callee
+            if isinstance(callee, ast.Name) and callee.name in GRAPH_FUNCTIONS:
+                found, _ = scope.lookup(callee.name)
+                if not found and not (scope.file and callee.name in scope.file.blocks):
+                    return self.algebra.call(callee.name, expr, scope, node_name, shape)
             if isinstance(callee, ast.Name) and callee.name in BUILTIN_FUNCTIONS:
                 found, _ = scope.lookup(callee.name)
                 if not found:
@@ -128,8 +142,15 @@ class Evaluator:
         raise self.error(expr.loc, f"unknown name '{expr.name}'", hint)
 
     # operators ---------------------------------------------------------------------------------
-    def _unary(self, expr: ast.UnaryOp, scope: Scope) -> Any:
-        v = self.const(expr.operand, scope, f"'{expr.op}'")
+    def _unary(self, expr: ast.UnaryOp, scope: Scope, node_name: str | None = None,
+               shape: ast.Assign | None = None) -> Any:
+        if expr.op == "-":
+            with self.algebra.naming(node_name):
+                v = self.eval(expr.operand, scope)
+            if is_graph(v):
+                return self.algebra.negate(expr, v, scope, node_name, shape)
+        else:
+            v = self.const(expr.operand, scope, f"'{expr.op}'")
         if expr.op == "not":
             if not isinstance(v, bool):
                 raise self.error(expr.loc, f"'not' needs true or false, got {type_name(v)}")
@@ -154,8 +175,14 @@ class Evaluator:
         return right
 
     def _compare(self, expr: ast.Compare, scope: Scope) -> bool:
-        left = self.const(expr.left, scope, f"'{expr.op}'")
-        right = self.const(expr.right, scope, f"'{expr.op}'")
+        left = self.eval(expr.left, scope)
+        right = self.eval(expr.right, scope)
+        if expr.op in ("==", "!=") and (left is None or right is None):
+            # `like == none`: whether an optional input was given (graph values too)
+            return (left is right) == (expr.op == "==")
+        for side, value in ((expr.left, left), (expr.right, right)):
+            if is_graph(value):
+                raise self.error(side.loc, f"'{expr.op}' needs a constant, not a graph value")
         if isinstance(right, (TableRow, TableValue)):
             right = list(right.to_json().values()) if isinstance(right, TableRow) \
                 else list(right.to_json())
@@ -183,10 +210,14 @@ class Evaluator:
             raise self.error(expr.loc, f"cannot compare {type_name(left)} and "
                                        f"{type_name(right)}") from None
 
-    def _binop(self, expr: ast.BinOp, scope: Scope) -> Any:
-        left = self.const(expr.left, scope, f"'{expr.op}'")
-        right = self.const(expr.right, scope, f"'{expr.op}'")
-        return self.apply_binop(expr.op, left, right, expr.loc)
+    def _binop(self, expr: ast.BinOp, scope: Scope, node_name: str | None = None,
+               shape: ast.Assign | None = None) -> Any:
+        with self.algebra.naming(node_name):
+            left = self.eval(expr.left, scope)
+            right = self.eval(expr.right, scope)
+        if is_graph(left) or is_graph(right):  # a node of the graph (frontend.algebra)
+            return self.algebra.operator(expr, left, right, scope, node_name, shape)
+        return self.apply_binop(expr.op, left, right, expr.op_loc or expr.loc)
 
     def apply_binop(self, op: str, left: Any, right: Any, loc: ast.Loc) -> Any:
         if is_number(left) and is_number(right):
@@ -301,6 +332,10 @@ class Evaluator:
             raise self.error(expr.loc, f"'{name}' takes {arity[0]}"
                                        f"{'' if arity[0] == arity[1] else f' to {arity[1]}'} "
                                        f"argument{'s' if arity[1] != 1 else ''}, got {len(args)}")
+        return self.apply_builtin(name, args, expr)
+
+    def apply_builtin(self, name: str, args: list[Any], expr: ast.CallExpr) -> Any:
+        """A built-in function on constants; its mistakes are errors at ``expr``."""
         try:
             return self._apply_builtin(name, args)
         except (TypeError, ValueError) as e:

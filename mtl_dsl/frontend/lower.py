@@ -15,17 +15,18 @@ from ..errors import Diagnostic, Diagnostics, SpecError, did_you_mean
 from ..ir import ModelIR, Output, ParamValue, TableEntryIR
 from ..tasks import TaskProfile
 from . import ast
+from .algebra import Algebra
 from .calls import Calls
 from .consteval import Evaluator
 from .loader import Loader
+from .loops import RESERVED_NAMES, iterations
 from .naming import NodeNames
 from .params import bind_model_params
+from .values import (Family, FileScope, GraphValue, MissingTableEntry, Poison, Scope,
+                     TableValue, sloc, type_name)
 from .weightmaps import WeightMaps
-from .values import (Family, FileScope, GraphValue, MissingTableEntry, Poison, Scope, TableRow,
-                     TableValue, short, sloc, type_name)
 
 MAX_STEPS = 200_000
-RESERVED_NAMES = {"out", "images", "tasks"}
 INPUT_MULTIPLE = "input_multiple"  # `input_multiple = 32` in a model: the sides it accepts
 _ALL_TASKS = ("semseg", "human_parts", "sal", "normals", "depth", "edge")
 
@@ -49,6 +50,7 @@ class Lowerer:
         self.ev.graph = self.calls
         self.weight_maps = WeightMaps(self.ev, self.names, self.tasks)
         self.calls.weight_maps = self.weight_maps
+        self.ev.algebra = Algebra(self.calls)
         self.outputs: list[Output] = []
         self.tables: list[TableEntryIR] = []
         self.steps = 0
@@ -195,27 +197,8 @@ class Lowerer:
         scope.poisoned.discard(name)
 
     def _for(self, stmt: ast.For, scope: Scope, in_model: bool) -> None:
-        items = self.ev.const(stmt.iterable, scope, "a for loop")
-        if isinstance(items, (TableRow, TableValue)):
-            items = list(self.tasks)
-        if not isinstance(items, list):
-            raise self.error(stmt.iterable.loc, f"a for loop runs over a list, got "
-                                                f"{type_name(items)}")
-        if stmt.var in RESERVED_NAMES:
-            raise self.error(stmt.loc, f"'{stmt.var}' is reserved and cannot be a loop variable")
-        for item in items:
-            if not isinstance(item, (str, int)) or isinstance(item, bool):
-                raise self.error(stmt.iterable.loc, f"a for loop runs over names or integers, "
-                                                    f"got {type_name(item)} {short(item)}")
-            inner = Scope(vars={stmt.var: item}, parent=scope, prefix=scope.prefix,
-                          suffix=scope.suffix + (str(item),), is_function=False, file=scope.file,
-                          loop_var=stmt.var)
-            if stmt.condition is not None:
-                cond = self.ev.const(stmt.condition, inner, "a loop condition")
-                if not isinstance(cond, bool):
-                    raise self.error(stmt.condition.loc, "a loop condition must be true or false")
-                if not cond:
-                    continue
+        for _, inner in iterations(self.ev, stmt.var, stmt.iterable, stmt.condition, scope,
+                                   stmt.loc):
             result = self.lower_body(stmt.body, inner, in_model)
             if result is not None:
                 raise self.error(stmt.loc, "'return' inside a loop is not allowed")

@@ -21,6 +21,7 @@ from lark.exceptions import (UnexpectedCharacters, UnexpectedEOF, UnexpectedInpu
 
 from ..errors import Diagnostic, Diagnostics, SpecError
 from . import ast
+from .keywords import StatementIf
 from .to_ast import ToAst
 
 MAX_SPEC_BYTES = 1 << 20  # 1 MiB: far beyond any real spec, small enough to answer at once
@@ -43,8 +44,9 @@ class _Parser:
 
     def __init__(self) -> None:
         self.transformer = ToAst()
+        self.keywords = StatementIf()  # `if` starting a statement -> STMT_IF (keywords.py)
         self.lark = Lark(GRAMMAR.read_text(), parser="lalr", maybe_placeholders=True,
-                         transformer=self.transformer)
+                         transformer=self.transformer, postlex=self.keywords)
         self.lock = threading.Lock()
         words = dict(_TERMINAL_WORDS)
         for term in self.lark.terminals:
@@ -172,6 +174,7 @@ def parse_into(sink: Diagnostics, source: str, path: str = "<spec>") -> ast.Spec
     parser = _parser()
     with parser.lock:
         parser.transformer.path = path
+        parser.keywords.reset(source)
         try:
             items = parser.lark.parse(source, on_error=on_error)
         except UnexpectedInput as e:  # lexer errors and errors past the cap end parsing

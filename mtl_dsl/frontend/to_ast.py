@@ -38,8 +38,8 @@ class ToAst(Transformer):
     construct on one line); its start/end offsets are the whole construct."""
 
     _PUNCT = {"LPAR", "RPAR", "LSQB", "RSQB", "LBRACE", "RBRACE", "COMMA", "COLON", "DOUBLECOLON",
-              "EQUAL", "DOT", "ARROW", "IMPORT", "AS", "BLOCK", "MODEL", "FOR", "IN", "IF", "ELSE",
-              "RETURN", "PRESET", "TABLE", "MAPSTO"}
+              "EQUAL", "DOT", "ARROW", "IMPORT", "AS", "BLOCK", "MODEL", "FOR", "IN", "IF", "STMT_IF",
+              "ELSE", "RETURN", "PRESET", "TABLE", "MAPSTO"}
 
     path = "<spec>"
 
@@ -303,7 +303,7 @@ class ToAst(Transformer):
 
     def binop(self, children):
         left, op, right = children
-        return ast.BinOp(str(op), left, right, self._span(left, right))
+        return ast.BinOp(str(op), left, right, self._span(left, right), self._loc(op))
 
     def neg(self, children):
         minus, operand = children
@@ -312,6 +312,22 @@ class ToAst(Transformer):
     def call(self, children):
         callee, _lp, args, rp = children
         return ast.CallExpr(callee, args or [], self._span(callee, rp))
+
+    def call_gen(self, children):
+        """``f(element for v in xs if c)``: a call whose one argument is a generator."""
+        callee, _lp, element, comp, rp = children
+        kw, var, iterable, cond = comp
+        gen = ast.Generator(element, str(var), iterable, cond, self._span(element, cond or iterable),
+                            self._loc(var))
+        return ast.CallExpr(callee, [ast.Arg(None, gen, gen.loc)], self._span(callee, rp))
+
+    def comp_for(self, children):
+        kw, var, _in, iterable, _if, cond = children
+        return kw, var, iterable, cond
+
+    def ifexp(self, children):
+        body, _if, cond, _else, orelse = children
+        return ast.IfExp(cond, body, orelse, self._span(body, orelse))
 
     def arg_list(self, children):
         out = []

@@ -225,11 +225,6 @@ class TokensToMap(nn.Module):
         return x.transpose(1, 2).reshape(b, c, self.h, self.w)
 
 
-class Sum(nn.Module):
-    def forward(self, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        return a + b if c is None else a + b + c
-
-
 class ChannelConcat(nn.Module):
     def forward(self, a, b: torch.Tensor | None = None, c: torch.Tensor | None = None) -> torch.Tensor:
         maps = list(a.values()) if isinstance(a, dict) else [a]
