@@ -1,25 +1,34 @@
 """Blocks of the backbones family: timm image encoders returning a multi-scale list of maps.
 
-``check`` must know every level's channels and exact size without torch, so the geometry of each
-supported backbone is in the table below (``BACKBONES``). A name outside the table is a shape
-error; :func:`register_backbone` adds an entry (for example for another timm model that supports
-``features_only``). The nn.Modules are in ``mtl_dsl.modules.backbones``.
+``check`` must know every level's channels and exact size without torch. Any timm model that
+supports ``features_only`` can be a backbone; its geometry comes from, in order:
+
+1. the table below (``BACKBONES``): the models of the reference specs, written out so that their
+   ``check`` never waits (each entry is tested against timm and against the probe);
+2. :func:`register_backbone` (a geometry given from Python);
+3. timm itself: ``timm_geometry.describe`` reads timm's ``feature_info`` and probes the sizes on
+   the meta device once per model and timm version, and caches the result (``timm_geometry``).
+
+The families whose modules are built in a special way keep their exact rules: HRNet (size-exact
+bilinear fusion), Swin (padding, output norms, mmseg windows), ViT (intermediate blocks), ResNet
+(torchvision's init); every other model follows the sizes the probe measured. The nn.Modules are
+in ``mtl_dsl.modules.backbones``.
 
 Levels: for the convolutional and Swin families level ``k`` is the map at stride ``2**(k+1)``
 (level 1 = stride 4 ... level 4 = stride 32; level 0 = the stride-2 stem where there is one). For
 ViTs a level is a transformer block, counted from 1 (``[6, 12, 18, 24]`` for ViT-L as in InvPT), and
-every level is at stride 16. For another timm CNN described with :func:`timm_features` the levels
-are timm's feature indices (``out_indices``).
+every level is at stride 16. A model whose strides repeat or are not powers of two numbers its
+levels by timm's feature index, as does a CNN described with :func:`timm_features`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..errors import did_you_mean
 from ..types import Dim, FeatureMap, MultiScale
 from ..weights.layout import UNFOLD_ORDER, Alias
 from .registry import Block, Call, Input, Param, register
+from .timm_geometry import BackboneProbeError, cache_file, cached, describe
 
 Family = Literal["hrnet", "resnet", "swin", "vit", "timm"]
 Step = tuple[int, int, int]  # (kernel, stride, padding) of a convolution or pooling window
@@ -35,6 +44,15 @@ class BackboneGeometry:
     depth: int = 0
     patch: int = 0  # patch size of a patch-embedding family (Swin 4, ViT 16)
     steps: dict[int, tuple[Step, ...]] | None = None  # family "timm": the strided ops per level
+    # A probed model: level -> (a, r), its size is floor((d + a) / r) for an input side d; the
+    # timm feature index of each level; the multiple its input sides must be (1: any), or the
+    # one input size it takes; HRNet: the index of the last module of stage 4.
+    offsets: dict[int, tuple[int, int]] | None = None
+    indices: dict[int, int] | None = None
+    multiple: int = 1
+    fixed_size: tuple[int, int] | None = None
+    last_module: int | None = None
+    source: str = "table"  # "table", "registered", or "timm" (probed and cached)
 
     @property
     def levels(self) -> tuple[int, ...]:
@@ -42,7 +60,7 @@ class BackboneGeometry:
 
     @property
     def default_levels(self) -> list[int]:
-        if self.family == "timm":
+        if self.family in ("timm", "resnet") and not {1, 2, 3, 4} <= set(self.channels):
             return list(self.levels)
         if self.family == "vit":  # a quarter, half, three quarters and all of the depth, as InvPT
             return [self.depth * k // 4 for k in (1, 2, 3, 4)]
@@ -50,6 +68,9 @@ class BackboneGeometry:
 
     def level_size(self, level: int, d: Dim, pad_to_patch: bool) -> Dim:
         """The size of ``level`` along one axis of input size ``d``, rounded as the torch ops do."""
+        if self.offsets is not None and self.family in ("timm", "resnet"):
+            a, r = self.offsets[level]
+            return d.add(a).fdiv(r)
         if self.family == "hrnet":  # two stride-2 3x3 stem convs, then a stride-2 3x3 per branch
             return _repeat(d, level + 1, lambda x: x.conv(3, 2, 1))
         if self.family == "resnet":  # 7x7/2 conv, 3x3/2 max-pool, then a stride-2 3x3 per stage
@@ -118,9 +139,15 @@ BACKBONES: dict[str, BackboneGeometry] = {
 }
 
 
+REGISTERED: dict[str, BackboneGeometry] = {}
+
+
 def register_backbone(name: str, geometry: BackboneGeometry) -> None:
-    """Make another timm model known to ``check`` (its family fixes the rounding rules)."""
-    BACKBONES[name] = geometry
+    """Describe a model from Python (its family fixes the rounding rules): it then needs no
+    probe. Any timm model is found without this; it is for a geometry timm cannot give."""
+    from dataclasses import replace
+
+    REGISTERED[name] = replace(geometry, source="registered")
 
 
 def timm_features(channels: dict[int, int], steps: dict[int, list[Step]]) -> BackboneGeometry:
@@ -136,8 +163,56 @@ def timm_features(channels: dict[int, int], steps: dict[int, list[Step]]) -> Bac
 
 
 def lookup_backbone(name: str) -> BackboneGeometry | None:
-    """The geometry of ``name``; a timm pretrained tag (``resnet50.a1_in1k``) is ignored."""
-    return BACKBONES.get(name) or BACKBONES.get(name.split(".")[0])
+    """The geometry of ``name`` from the table or registered from Python, without asking timm; a
+    timm pretrained tag (``resnet50.a1_in1k``) is ignored."""
+    for table in (REGISTERED, BACKBONES):
+        found = table.get(name) or table.get(name.split(".")[0])
+        if found is not None:
+            return found
+    return None
+
+
+def find_backbone(name: str) -> BackboneGeometry:
+    """The geometry of ``name``: the table, a registered one, or timm's (probed, cached).
+    Raises ``BackboneProbeError``."""
+    known = lookup_backbone(name)
+    if known is not None:
+        return known
+    return geometry_of(describe(name))
+
+
+def geometry_of(d: dict[str, Any]) -> BackboneGeometry:
+    """A probe's description (``mtl_dsl.modules.timm_probe``) as a geometry."""
+    family = d["family"]
+    if family == "vit":
+        return BackboneGeometry("vit", {k: d["width"] for k in range(1, d["depth"] + 1)},
+                                depth=d["depth"], patch=d["patch"], source="timm")
+    if family == "swin":
+        return BackboneGeometry("swin", {k: d["width"] * 2 ** (k - 1)
+                                         for k in range(1, d["depth"] + 1)},
+                                patch=d["patch"], source="timm")
+    channels = {int(k): v for k, v in d["channels"].items()}
+    if family == "hrnet":
+        return BackboneGeometry("hrnet", channels, last_module=d["hrnet_last_module"],
+                                source="timm")
+    fixed = d.get("fixed_size")
+    return BackboneGeometry(
+        family, channels, offsets={int(k): (v[0], v[1]) for k, v in d["offsets"].items()},
+        indices={int(k): v for k, v in d["indices"].items()}, multiple=d.get("multiple", 1),
+        fixed_size=tuple(fixed) if fixed else None, source="timm")
+
+
+def _check_input_size(call: Call, name: str, geometry: BackboneGeometry) -> None:
+    h, w = call.input_size
+    if geometry.fixed_size is not None and (h, w) != geometry.fixed_size:
+        fh, fw = geometry.fixed_size
+        raise call.fail(f"timm's '{name}' takes {fh}x{fw} inputs only, not {h}x{w}", "name",
+                        hint=f"compile with --input {fh}x{fw}, or choose another backbone")
+    m = geometry.multiple
+    if m > 1 and (h % m or w % m):
+        raise call.fail(f"timm's '{name}' takes input sides that are multiples of {m}, not "
+                        f"{h}x{w}", "name", hint=f"use --input {-(-h // m) * m}x{-(-w // m) * m}, "
+                                                 f"or set input_multiple = {m} in the model")
 
 
 @dataclass(frozen=True)
@@ -155,14 +230,11 @@ class BackboneOptions:
 
 def resolve_options(call: Call) -> BackboneOptions:
     name = call["name"]
-    geometry = lookup_backbone(name)
-    if geometry is None:
-        hint = did_you_mean(name, BACKBONES)
-        raise call.fail(
-            f"unknown backbone '{name}': `check` knows the backbones of its table "
-            f"(mtl_dsl.blocks.backbones.BACKBONES: {len(BACKBONES)} models)", "name",
-            hint=hint or "another timm model that supports features_only can be described with "
-                         "mtl_dsl.blocks.backbones.register_backbone(name, timm_features(...))")
+    try:
+        geometry = find_backbone(name)
+    except BackboneProbeError as e:
+        raise call.fail(f"backbone '{name}': {e.message}", "name", hint=e.hint) from None
+    _check_input_size(call, name, geometry)
     family = geometry.family
     levels = call["levels"] if call["levels"] is not None else geometry.default_levels
     if not levels:
@@ -208,16 +280,18 @@ class Backbone(Block):
     name = "backbone"
     family = "backbones"
     module = "mtl_dsl.modules.backbones.create_backbone"
-    doc = ("A timm image encoder returning the maps of the chosen levels (NCHW, in level order). "
-           "Weights are random unless `pretrained` is \"timm\" (timm's own pretrained weights) "
-           "or names a local .safetensors file.")
+    doc = ("Any timm image encoder that supports features_only, returning the maps of the chosen "
+           "levels (NCHW, in level order). Weights are random unless `pretrained` is \"timm\" "
+           "(timm's own pretrained weights) or names a local .safetensors file.")
     args = {
         "name": Param(str, doc="timm model name, e.g. hrnet_w18_small_v2, "
                                "swin_tiny_patch4_window7_224, vit_large_patch16_384, resnet50"),
-        "levels": Param(list, None, "levels to return: 1..4 = strides 4..32 (0 = the stride-2 stem "
-                                    "of HRNet/ResNet); ViT: block numbers from 1, all at stride "
-                                    "16; a registered timm CNN: timm's feature indices. Default "
-                                    "[1, 2, 3, 4]; ViT: depth/4, /2, 3/4, depth",
+        "levels": Param(list, None, "levels to return: 1..4 = strides 4..32 (0 = a stride-2 stem, "
+                                    "5 = stride 64 where a model has them); ViT: block numbers "
+                                    "from 1, all at stride 16; a model whose strides repeat: "
+                                    "timm's feature indices. Default [1, 2, 3, 4] (every level "
+                                    "where a model lacks one of those); ViT: depth/4, /2, 3/4, "
+                                    "depth",
                         item_type=int, min=0),
         "pretrained": Param(str, "", "\"timm\": timm's pretrained weights for `name` "
                                      "(timm.create_model(pretrained=True): the Hugging Face "
@@ -250,6 +324,27 @@ class Backbone(Block):
     }
     outputs = ("feats",)
 
+    def details(self) -> str:
+        """How `check` knows a backbone's geometry (`mtl-dsl blocks backbone`)."""
+        probed = sorted(cached())
+        lines = [
+            "Any timm model that supports features_only is a backbone. `check` knows its",
+            "channels and exact sizes without torch, from:",
+            f"  1. the table of the reference specs' models ({len(BACKBONES)}): "
+            + ", ".join(sorted(BACKBONES)),
+            "  2. mtl_dsl.blocks.backbones.register_backbone(name, geometry), from Python"
+            + (f" ({', '.join(sorted(REGISTERED))})" if REGISTERED else ""),
+            "  3. timm itself, for any other name: channels and strides from timm's feature_info,",
+            "     exact sizes from a shape probe on the meta device (a few seconds, once per model",
+            f"     and timm version), cached in {cache_file()}"
+            + (f": {', '.join(probed)}" if probed else " (empty)"),
+            "Exact rules kept per family: HRNet (size-exact bilinear fusion, mmseg), Swin (input",
+            "padded to the patch, output norms, mmseg windows), ViT (intermediate blocks, stride",
+            "16), ResNet (torchvision init). Levels: k = stride 2^(k+1) (1 = stride 4); ViT: block",
+            "numbers; a model whose strides repeat: timm's feature indices.",
+        ]
+        return "\n".join(lines)
+
     def infer(self, call: Call) -> MultiScale:
         opts = resolve_options(call)
         images: FeatureMap = call.inputs["images"]
@@ -269,7 +364,9 @@ class Backbone(Block):
         if patch:  # the size the patch embedding sees (pos-embed table of a ViT)
             rounding = (lambda d: -(-d // patch)) if opts.pad_to_patch else (lambda d: d // patch)
             h, w = rounding(h) * patch, rounding(w) * patch
+        indices = opts.geometry.indices
         return dict(name=call["name"], family=opts.geometry.family, levels=opts.levels,
+                    out_indices=[indices[lv] for lv in opts.levels] if indices else None,
                     in_chans=images.channels, img_size=(h, w), pretrained=call["pretrained"],
                     hrnet_fusion=opts.hrnet_fusion, output_norms=opts.output_norms,
                     pad_to_patch=opts.pad_to_patch, swin_window=opts.swin_window,
@@ -305,7 +402,10 @@ class Backbone(Block):
         # HRNet's last module fuses every branch into every output; the fusions into branches
         # that are not returned feed nothing.
         unused = [lv for lv in (1, 2, 3, 4) if lv not in opts.levels]
-        return {f"body.stage4.{HRNET_LAST_MODULE[call['name'].split('.')[0]]}.fuse_layers.{lv - 1}":
+        last = opts.geometry.last_module
+        if last is None:
+            last = HRNET_LAST_MODULE[call["name"].split(".")[0]]
+        return {f"body.stage4.{last}.fuse_layers.{lv - 1}":
                 f"fuses into HRNet branch {lv}, which is not among the returned levels"
                 for lv in unused}
 

@@ -141,13 +141,15 @@ def create_backbone(name: str, family: str, levels: Sequence[int], *, in_chans: 
                     hrnet_fusion: str = "bilinear", output_norms: bool = False,
                     pad_to_patch: bool = False, swin_window: str = "mmseg",
                     vit_norm: Sequence[int] = (), drop_path: float = 0.0,
-                    **timm_kwargs) -> nn.Module:
+                    out_indices: Sequence[int] | None = None, **timm_kwargs) -> nn.Module:
     """Build the backbone and load ``pretrained``: "" random init; "timm" timm's own pretrained
     weights for ``name`` (``timm.create_model(pretrained=True)``: the Hugging Face hub cache,
     which honours ``HF_HOME`` and ``HF_HUB_OFFLINE=1``; timm adapts them as it does for any user,
     e.g. a ViT position table resampled to ``img_size``); a path: a local .safetensors file.
 
-    ``timm_kwargs`` go to ``timm.create_model`` (tests use them to build tiny variants).
+    ``out_indices``: timm's feature indices of ``levels`` where they differ (a probed model whose
+    levels are named by stride). ``timm_kwargs`` go to ``timm.create_model`` (tests use them to
+    build tiny variants).
     """
     from_timm = pretrained == "timm"
     kwargs = dict(pretrained=from_timm, in_chans=in_chans, **timm_kwargs)
@@ -179,7 +181,8 @@ def create_backbone(name: str, family: str, levels: Sequence[int], *, in_chans: 
     else:
         if family == "resnet":  # torchvision/mmseg init: timm's zero-initialised last BN of each
             kwargs.setdefault("zero_init_last", False)  # block would leave its convs gradient-free
-        model = FeaturesBackbone(_create(name, dict(kwargs, features_only=True, out_indices=levels)))
+        indices = list(out_indices) if out_indices is not None else levels
+        model = FeaturesBackbone(_create(name, dict(kwargs, features_only=True, out_indices=indices)))
     if pretrained and not from_timm:
         load_safetensors(model, pretrained)
     return model
