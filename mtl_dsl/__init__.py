@@ -7,8 +7,9 @@ The API a user needs, from the package itself::
     out = model(images)           # {task: {"final": [B, C_t, H, W], ...}}
 
 ``load_ir`` (spec -> typed IR) and ``check_spec`` (IR -> shape-checked graph) never import torch;
-``compile_model`` builds the ``nn.Module``. ``register`` (with ``Block``, ``Input``, ``Param``,
-``Call``) adds a block to the library. The names are loaded on first use, so ``import mtl_dsl``
+``compile_model`` builds the ``nn.Module``. ``block`` makes an ``nn.Module`` a block of the
+language (docs/blocks.md); ``register`` (with ``Block``, ``Input``, ``Param``, ``Call``) adds a
+block declared by hand; ``load_plugins`` imports the modules that define blocks. The names are loaded on first use, so ``import mtl_dsl``
 stays instant and imports neither torch nor the front-end.
 """
 from __future__ import annotations
@@ -26,6 +27,8 @@ _EXPORTS = {
     "check_spec": "mtl_dsl.api",
     "load_ir": "mtl_dsl.api",
     "compile_ir": "mtl_dsl.api",
+    "block": "mtl_dsl.blocks.user",
+    "load_plugins": "mtl_dsl.plugins",
     "register": "mtl_dsl.blocks.registry",
     "Block": "mtl_dsl.blocks.registry",
     "Call": "mtl_dsl.blocks.registry",
@@ -38,11 +41,13 @@ __all__ = ["SpecError", "__version__", *_EXPORTS]
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .api import check_spec, compile_ir, compile_model, load_ir
     from .blocks.registry import Block, Call, Input, Param, ShapeError, register
+    from .blocks.user import block
+    from .plugins import load_plugins
 
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
-        if _EXPORTS[name] == "mtl_dsl.blocks.registry":
+        if _EXPORTS[name] in ("mtl_dsl.blocks.registry", "mtl_dsl.blocks.user"):
             import_module("mtl_dsl.blocks")  # the library registered before a user adds to it
         value = getattr(import_module(_EXPORTS[name]), name)
         globals()[name] = value

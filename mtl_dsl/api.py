@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from .checker import CheckedGraph, check_ir
 from .errors import Diagnostic, Diagnostics, SpecError, did_you_mean
@@ -54,13 +54,21 @@ def resolve_profile(tasks: str | TaskProfile | None) -> TaskProfile:
 
 def load_ir(spec: str | Path, tasks: str | TaskProfile | None = None,
             overrides: dict[str, Any] | None = None, preset: str | None = None,
-            input_size: tuple[int, int] | None = None, model: str | None = None) -> ModelIR:
-    ir, _ = _lower(spec, tasks, overrides, preset, input_size, model)
+            input_size: tuple[int, int] | None = None, model: str | None = None,
+            plugins: Sequence[str] = ()) -> ModelIR:
+    """The typed IR of a spec. ``plugins``: Python modules that define blocks, imported first
+    (installed packages' ``mtl_dsl.blocks`` entry points load by themselves)."""
+    ir, _ = _lower(spec, tasks, overrides, preset, input_size, model, plugins)
     return ir
 
 
-def _lower(spec, tasks, overrides, preset, input_size, model) -> tuple[ModelIR, Diagnostics]:
+def _lower(spec, tasks, overrides, preset, input_size, model,
+           plugins: Sequence[str] = ()) -> tuple[ModelIR, Diagnostics]:
     """The IR, and the diagnostics sink (with the sources) the checker goes on reporting into."""
+    from .plugins import load_installed, load_plugins
+
+    load_installed()  # installed packages' blocks (entry-point group mtl_dsl.blocks), once
+    load_plugins(plugins, origin="plugins")
     path, display = resolve_spec_path(spec)
     profile = resolve_profile(tasks)
     if input_size is not None:
@@ -75,30 +83,31 @@ def _lower(spec, tasks, overrides, preset, input_size, model) -> tuple[ModelIR, 
 
 def check_spec(spec: str | Path, tasks: str | TaskProfile | None = None,
                overrides: dict[str, Any] | None = None, preset: str | None = None,
-               input_size: tuple[int, int] | None = None, model: str | None = None) -> CheckedGraph:
-    ir, sink = _lower(spec, tasks, overrides, preset, input_size, model)
+               input_size: tuple[int, int] | None = None, model: str | None = None,
+               plugins: Sequence[str] = ()) -> CheckedGraph:
+    ir, sink = _lower(spec, tasks, overrides, preset, input_size, model, plugins)
     return check_ir(ir, sink)
 
 
 def compile_model(spec: str | Path, tasks: str | TaskProfile | None = None,
                   overrides: dict[str, Any] | None = None, preset: str | None = None,
                   input_size: tuple[int, int] | None = None,
-                  model: str | None = None) -> "CompiledModel":
+                  model: str | None = None, plugins: Sequence[str] = ()) -> "CompiledModel":
     from .compiler import compile_graph
 
-    return compile_graph(check_spec(spec, tasks, overrides, preset, input_size, model))
+    return compile_graph(check_spec(spec, tasks, overrides, preset, input_size, model, plugins))
 
 
 def build_model(spec: Any, tasks: str | TaskProfile | None = None,
                 overrides: dict[str, Any] | None = None, preset: str | None = None,
-                input_size: tuple[int, int] | None = None) -> Any:
+                input_size: tuple[int, int] | None = None, plugins: Sequence[str] = ()) -> Any:
     """The model of a spec (a path or built-in name: ``compile_model``) or of a model factory, a
     callable ``factory(profile, input_size)`` returning an ``nn.Module`` with the compiled model's
     output format (what the training runtime accepts in place of a spec)."""
     if callable(spec) and not isinstance(spec, (str, Path)):
         profile = resolve_profile(tasks)
         return spec(profile, tuple(input_size) if input_size is not None else profile.input_size)
-    return compile_model(str(spec), tasks, overrides, preset, input_size)
+    return compile_model(str(spec), tasks, overrides, preset, input_size, plugins=plugins)
 
 
 def compile_ir(ir: ModelIR) -> "CompiledModel":

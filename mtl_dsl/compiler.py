@@ -8,6 +8,7 @@ in topological order): no interpretation cost per call beyond hand-written code,
 """
 from __future__ import annotations
 
+import linecache
 import operator
 from typing import Any
 
@@ -16,9 +17,11 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .blocks import REGISTRY
+from .blocks.user import ModuleBlock
 from .checker import CheckedGraph
 from .errors import Diagnostic, SpecError
 from .ir import IMAGES, CollectionRef, ModelIR, Ref
+from .modules.shape_probe import guard
 from .tasks import PROFILES, TaskProfile
 
 
@@ -56,8 +59,12 @@ def compile_graph(checked: CheckedGraph) -> CompiledModel:
         except (ValueError, OSError, RuntimeError) as e:
             # Building can still fail on things only torch/timm know (a weights file, memory).
             loc = node.loc
+            line = linecache.getline(loc.file, loc.line).rstrip("\n")
             raise SpecError(Diagnostic(loc.file, loc.line, loc.column,
-                                       f"cannot build '{node.name}' ({node.block}): {e}")) from None
+                                       f"cannot build '{node.name}' ({node.block}): {e}",
+                                       source_line=line, length=loc.length)) from None
+        if isinstance(block, ModuleBlock):  # a user's module: its errors point at the spec
+            guard(module, block, node)
         _place(root, node.name, module)
         for prefix, reason in block.idle(call).items():
             matched = False

@@ -138,8 +138,10 @@ def value_facts(value: Any, size: tuple[int, int]) -> dict[str, Any]:
     return facts
 
 
-def call_facts(block: "Block", call: "Call") -> dict[str, Any]:
-    """Everything the block rule can pass to a module constructor for this call."""
+def call_facts(block: "Block", call: "Call", with_result: bool = True) -> dict[str, Any]:
+    """Everything the block rule can pass to a module constructor for this call
+    (``with_result=False``: without ``out_channels``/``out_size``, for a block whose result is
+    only known by building it)."""
     size = call.input_size
     facts: dict[str, Any] = {}
     first = None
@@ -154,9 +156,10 @@ def call_facts(block: "Block", call: "Call") -> dict[str, Any]:
             facts[f"{name}_{key}"] = v
     for key, v in value_facts(first, size).items():
         facts[f"in_{key}"] = v
-    result = block.infer(call)
-    out = value_facts(result if not isinstance(result, tuple) else None, size)
-    facts["out_channels"], facts["out_size"] = out["channels"], out["size"]
+    if with_result:
+        result = block.infer(call)
+        out = value_facts(result if not isinstance(result, tuple) else None, size)
+        facts["out_channels"], facts["out_size"] = out["channels"], out["size"]
     facts["channels_first"] = isinstance(first, FeatureMap) or (
         isinstance(first, TaskMap) and all(isinstance(v, FeatureMap) for v in first.items.values()))
     facts["tasks"] = list(first_taskmap.items) if first_taskmap is not None else call.task_names

@@ -65,6 +65,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "plugins", None):
+            from ..plugins import load_plugins
+
+            load_plugins(args.plugins)
         return int(args.func(args) or 0)
     except SpecError as e:
         print(e.render(), file=sys.stderr)

@@ -19,6 +19,15 @@ def add_spec_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", default=None, metavar="HxW", help="input size (default: the "
                                                                  "task profile's)")
     p.add_argument("--model", default=None, help="which model of the file (default: the first)")
+    add_plugin_argument(p)
+
+
+def add_plugin_argument(p: argparse.ArgumentParser) -> None:
+    """``--plugin module.path``: a Python module that defines blocks (docs/blocks.md)."""
+    p.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="MODULE",
+                   help="import this Python module first: it defines blocks (repeatable; "
+                        "installed packages with an mtl_dsl.blocks entry point load by "
+                        "themselves)")
 
 
 def parse_input_size(text: str | None) -> tuple[int, int] | None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import Diagnostic, SpecError
-from .options import add_spec_arguments, spec_kwargs
+from .options import add_plugin_argument, add_spec_arguments, spec_kwargs
 
 
 # -- commands -------------------------------------------------------------------------------------
@@ -73,7 +73,10 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def cmd_blocks(args: argparse.Namespace) -> int:
     from ..blocks import REGISTRY
+    from ..plugins import load_installed
 
+    for failure in load_installed():
+        print(f"warning: {failure}", file=sys.stderr)
     names = sorted(REGISTRY, key=lambda n: (REGISTRY[n].family, n))
     if args.name:
         missing = [n for n in args.name if n not in REGISTRY]
@@ -96,6 +99,9 @@ def cmd_blocks(args: argparse.Namespace) -> int:
             for arg_name, spec in block.args.items():
                 doc = getattr(spec, "doc", "")
                 print(f"    {arg_name}: {spec.type_name()}  {doc}")
+            details = getattr(block, "details", None)
+            if callable(details):
+                print("\n" + details())
     return 0
 
 
@@ -121,4 +127,5 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("blocks", help="list the registered blocks with their signatures")
     p.add_argument("name", nargs="*", help="show these blocks' arguments in detail")
+    add_plugin_argument(p)
     p.set_defaults(func=cmd_blocks)

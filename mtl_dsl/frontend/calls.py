@@ -100,8 +100,12 @@ class Calls:
         if name in REGISTRY:
             return None, REGISTRY[name]
         options = set(REGISTRY) | set(fs.blocks if fs else ()) | set(BUILTIN_FUNCTIONS)
+        from ..plugins import failures
+
         raise self.error(callee.loc, f"unknown block '{name}'",
-                         did_you_mean(name, options) or "run 'mtl-dsl blocks' to list them")
+                         did_you_mean(name, options) or "run 'mtl-dsl blocks' to list them; a "
+                         "block written in Python is loaded with --plugin module.path or by "
+                         "installing its package (docs/blocks.md)", notes=tuple(failures()))
 
     def _bind_args(self, expr: ast.CallExpr, names: list[str], what: str,
                    scope: Scope) -> dict[str, tuple[Any, ast.Loc]]:

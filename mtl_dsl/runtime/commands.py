@@ -39,6 +39,13 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iterations", type=int, default=None, metavar="N", help="training iterations")
     p.add_argument("--plain", action="store_true", help="run in this process without Ray (debugging)")
     p.add_argument("--verbose", action="store_true", help="show Ray's own log output")
+    _add_plugin(p)
+
+
+def _add_plugin(p: argparse.ArgumentParser) -> None:
+    from ..cli.options import add_plugin_argument
+
+    add_plugin_argument(p)
 
 
 RUN_KEYS_HELP = """\
@@ -95,6 +102,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--baseline", default=None, metavar="ST.yaml",
                    help="single-task baseline file; delta_m is printed only with one")
     p.add_argument("--max-batches", type=int, default=None, metavar="N", help="evaluate only N batches")
+    _add_plugin(p)
     p.set_defaults(func=cmd_eval)
 
     p = subparsers.add_parser("predict", help="write a PNG per task per image")
@@ -102,6 +110,7 @@ def register(subparsers: Any) -> None:
     _add_checkpoint_arguments(p)
     p.add_argument("images", nargs="+", help="input images")
     p.add_argument("--out", default="predictions", metavar="DIR", help="output folder (default ./predictions)")
+    _add_plugin(p)
     p.set_defaults(func=cmd_predict)
 
 
@@ -165,7 +174,11 @@ def build_config(args: argparse.Namespace):
     from .config import load_config
 
     run = flag_overrides(args)
-    return load_config(args.config, overrides=run or None, recipe=getattr(args, "recipe", None))
+    cfg = load_config(args.config, overrides=run or None, recipe=getattr(args, "recipe", None))
+    flags = getattr(args, "plugins", None) or []
+    if flags:  # --plugin adds to the run config's plugins
+        cfg.plugins = list(dict.fromkeys(cfg.plugins + flags))
+    return cfg
 
 
 # --- handlers ------------------------------------------------------------------------------------------

@@ -133,6 +133,9 @@ class RunSection(_Section):
 
 class RunConfig(_Section):
     recipe: Optional[Str] = None  # the training recipe this config started from (configs/)
+    # Python modules that define blocks (docs/blocks.md), imported before the spec is read, on the
+    # driver and on every Ray worker (those that are not installed are shipped to the workers).
+    plugins: list[Str] = Field(default_factory=list)
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     tasks: Optional[Union[Str, list[Str]]] = None  # profile name or task list; None = the dataset's
     model: ModelSection = Field(default_factory=ModelSection)
@@ -201,7 +204,8 @@ class RunConfig(_Section):
     def model_arguments(self) -> dict[str, Any]:
         """The keyword arguments of ``mtl_dsl.api.build_model`` / ``check_spec`` for this run."""
         return {"tasks": self.profile(), "overrides": dict(self.model.overrides) or None,
-                "preset": self.model.preset, "input_size": self.input_size()}
+                "preset": self.model.preset, "input_size": self.input_size(),
+                "plugins": list(self.plugins)}
 
     def dump(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

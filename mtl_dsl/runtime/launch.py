@@ -9,6 +9,7 @@ through a Ray queue to the console.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ..errors import SpecError, usage_error
+from ..errors import Diagnostic, SpecError, usage_error
 from .config import RunConfig, load_config
 from .console import Console
 from .failures import BadSample, CheckpointWriteError, NonFiniteLoss, TrainingError
@@ -124,6 +125,8 @@ def run_training(spec: Any, config: RunConfig | None = None, *, resume: bool = F
         resume_from = prepare_run_dir(run_dir, resume, plain, recorder)
         if resume_from is not None:
             _check_resume(resume_from, cfg, signature, recorder)
+        if isinstance(spec, (str, Path)) and Path(spec).is_file():
+            spec = str(Path(spec).resolve())  # a worker may run in another folder (runtime_env)
         job = {"spec": spec, "spec_name": spec_name, "spec_source": source, "config": cfg.dump(),
                "graph": signature, "run_dir": str(run_dir), "callbacks": list(callbacks or []),
                "resume_path": str(resume_from) if resume_from is not None else None,
@@ -222,6 +225,11 @@ def ray_worker_entry(job: dict) -> None:
         # the driver. Every rank sees the same all-reduced losses, so on a non-finite loss all of
         # them stop here together.
         session.emit({"kind": "error", "text": str(exc)})
+    except SpecError as exc:
+        # A mistake the driver could not see (a user block's module failing as it is built or
+        # run): every rank meets it; the driver raises it as it is, with its location.
+        session.emit({"kind": "error", "text": str(exc),
+                      "diagnostics": [dataclasses.asdict(d) for d in exc.diagnostics]})
     finally:
         session.close()
 
@@ -252,6 +260,13 @@ def start_ray(cfg: RunConfig, verbose: bool, workers: int) -> bool:
     kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=verbose,
                                   logging_level=logging.INFO if verbose else logging.WARNING,
                                   configure_logging=True, ignore_reinit_error=True)
+    from ..plugins import shipped_modules
+
+    # Plugin modules the workers cannot import from their own environment (a file of this
+    # project, not an installed package) travel with the job (Ray's runtime_env py_modules).
+    shipped = shipped_modules(cfg.plugins)
+    if shipped:
+        kwargs["runtime_env"] = {"py_modules": shipped}
     if cfg.run.address:
         ray.init(address=cfg.run.address, **kwargs)
     else:
@@ -360,6 +375,9 @@ def _train_with_ray(job: dict, cfg: RunConfig, run_name: str, storage: Path, ver
         if result.error is not None:
             raise TrainingError(f"training failed: {_root_cause(result.error)}")
         errors = recorder.of("error")
+        if errors and errors[-1].get("diagnostics"):
+            raise SpecError([Diagnostic(**dict(d, notes=tuple(d.get("notes", ()))))
+                             for d in errors[-1]["diagnostics"]])
         if errors:
             raise TrainingError(errors[-1]["text"])
         metrics = dict(result.metrics or {})

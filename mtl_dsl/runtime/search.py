@@ -17,7 +17,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ..errors import usage_error
 
@@ -303,13 +303,14 @@ def _apply(text: str, edits: list[tuple[int, int, str]]) -> str:
 def write_found_spec(spec: str | Path, choices: list[PairChoice], output: str | Path | None = None,
                      *, tasks: str | None = None, overrides: dict | None = None,
                      preset: str | None = None, input_size: tuple[int, int] | None = None,
-                     model: str | None = None, note: str = "") -> Path:
+                     model: str | None = None, plugins: Sequence[str] = (),
+                     note: str = "") -> Path:
     """Write ``<name>_found.mtl`` (or ``output``) and check that it compiles to no search block."""
     from ..api import load_ir, resolve_spec_path
 
     path, display = resolve_spec_path(spec)
     ir = load_ir(spec, tasks=tasks, overrides=overrides, preset=preset, input_size=input_size,
-                 model=model)
+                 model=model, plugins=plugins)
     source = path.read_text(encoding="utf-8")
     mine = [e for e in ir.tables if e.loc.file == display]  # entries of this file, not imports
     if not any(e.value == "search" for e in mine):
