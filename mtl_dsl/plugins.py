@@ -27,7 +27,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Iterable
 
-from .errors import SpecError, simple_error
+from .errors import SpecError, usage_error
 
 ENTRY_POINT_GROUP = "mtl_dsl.blocks"
 
@@ -70,7 +70,7 @@ def load_plugins(modules: Iterable[str], origin: str = "--plugin") -> list[str]:
         if name in _loaded:
             continue
         if not isinstance(name, str) or not all(p.isidentifier() for p in name.split(".")):
-            raise simple_error(origin, f"a plugin is a Python module path such as "
+            raise usage_error(origin, f"a plugin is a Python module path such as "
                                        f"my_package.blocks, got {name!r}")
         try:
             importlib.import_module(name)
@@ -79,10 +79,10 @@ def load_plugins(modules: Iterable[str], origin: str = "--plugin") -> list[str]:
         except ModuleNotFoundError as e:
             hint = ("the module must be importable: installed, or in the current folder or on "
                     "PYTHONPATH" if e.name == name.split(".")[0] else "")
-            raise simple_error(origin, f"cannot load plugin '{name}': {type(e).__name__}: {e}",
+            raise usage_error(origin, f"cannot load plugin '{name}': {type(e).__name__}: {e}",
                                hint=hint) from None
         except Exception as e:
-            raise simple_error(origin, f"cannot load plugin '{name}': {type(e).__name__}: "
+            raise usage_error(origin, f"cannot load plugin '{name}': {type(e).__name__}: "
                                        f"{e}{_where(e)}") from None
         _loaded.append(name)
     return list(_loaded)

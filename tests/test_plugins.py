@@ -166,7 +166,7 @@ def test_a_plugin_that_cannot_load_is_one_line_naming_it(tmp_path, module, text,
         (tmp_path / f"{module}.py").write_text(text)
     done = run(["check", "baseline_mt", "--plugin", module], tmp_path, [])
     assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert message in done.stderr and done.stderr.startswith("--plugin:1:1: error:")
+    assert message in done.stderr and done.stderr.startswith("--plugin: error:")
 
 
 def test_a_broken_installed_plugin_is_named_where_its_blocks_are_missed(tmp_path):
