@@ -233,7 +233,7 @@ def resolve_options(call: Call) -> BackboneOptions:
     try:
         geometry = find_backbone(name)
     except BackboneProbeError as e:
-        raise call.fail(f"backbone '{name}': {e.message}", "name", hint=e.hint) from None
+        raise call.fail(e.message, "name", hint=e.hint) from None
     _check_input_size(call, name, geometry)
     family = geometry.family
     levels = call["levels"] if call["levels"] is not None else geometry.default_levels
@@ -326,18 +326,23 @@ class Backbone(Block):
 
     def details(self) -> str:
         """How `check` knows a backbone's geometry (`mtl-dsl blocks backbone`)."""
-        probed = sorted(cached())
+        import textwrap
+
+        def listing(names: list[str]) -> list[str]:
+            return textwrap.wrap(", ".join(names), 92, initial_indent="       ",
+                                 subsequent_indent="       ") or ["       (none)"]
+
         lines = [
             "Any timm model that supports features_only is a backbone. `check` knows its",
             "channels and exact sizes without torch, from:",
-            f"  1. the table of the reference specs' models ({len(BACKBONES)}): "
-            + ", ".join(sorted(BACKBONES)),
-            "  2. mtl_dsl.blocks.backbones.register_backbone(name, geometry), from Python"
-            + (f" ({', '.join(sorted(REGISTERED))})" if REGISTERED else ""),
+            f"  1. the table of the reference specs' models ({len(BACKBONES)}):",
+            *listing(sorted(BACKBONES)),
+            "  2. mtl_dsl.blocks.backbones.register_backbone(name, geometry), from Python:",
+            *listing(sorted(REGISTERED)),
             "  3. timm itself, for any other name: channels and strides from timm's feature_info,",
             "     exact sizes from a shape probe on the meta device (a few seconds, once per model",
-            f"     and timm version), cached in {cache_file()}"
-            + (f": {', '.join(probed)}" if probed else " (empty)"),
+            f"     and timm version), cached in {cache_file()}:",
+            *listing(sorted(cached())),
             "Exact rules kept per family: HRNet (size-exact bilinear fusion, mmseg), Swin (input",
             "padded to the patch, output norms, mmseg windows), ViT (intermediate blocks, stride",
             "16), ResNet (torchvision init). Levels: k = stride 2^(k+1) (1 = stride 4); ViT: block",
