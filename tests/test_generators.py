@@ -91,7 +91,7 @@ model m(skip = "edge") {
   a = sum(f[s] for s in tasks if s != skip)
   b = mean(conv_bn_act(f[s], 4) for s in tasks if ctx["semseg"][s] == "on" or s == "edge")
   c = max(f[s] for s in ["depth", "semseg"])
-  d = min(f)
+  d = min([f["edge"], f["depth"]])
   e = stack(a, b, c, d)
   u = concat(f[s] for s in tasks if s != skip)
   z = tokens(stack(f[s] for s in tasks))
@@ -108,7 +108,7 @@ model m(skip = "edge") {
     assert [r.node for r in nodes["b"].inputs["x"].refs()] == ["b_depth_conv_bn_act",
                                                                "b_edge_conv_bn_act"]
     assert list(nodes["c"].inputs["x"].items) == ["depth", "semseg"]
-    assert list(nodes["d"].inputs["x"].items) == ["semseg", "depth", "edge"]
+    assert [r.node for r in nodes["d"].refs()] == ["f.edge", "f.depth"]  # a list, as values
     assert nodes["u"].block == "concat" and list(nodes["u"].inputs["a"].items) == ["semseg",
                                                                                   "depth"]
     assert [r.node for r in nodes["y_sum"].refs()] == ["a", "b", "c", "d"]
@@ -144,6 +144,7 @@ model m(widths = [4, 8, 2]) {
     ("sum(f[s] for tasks in tasks)", "'tasks' is reserved"),
     ("sum(f, axis = 1)", "'sum' takes positional arguments only"),
     ("stack(1, 2)", "'stack' collects graph values"),
+    ("max(f[\"depth\"], 0)", "'max' takes graph values or numbers, not both"),
     ("sum(\"ab\", \"c\")", "'sum' adds numbers, got str"),
     ("sum(d, d)", "cannot sum a per-task collection"),
     ("sum(f[s] for s in tasks) * sum(g[s] for s in tasks)", "cannot multiply [B, 4, H, W] and "

@@ -144,14 +144,20 @@ class Algebra:
             finally:
                 self.names.current_target = saved
 
-    def collect(self, pairs: list[tuple[str, Any]], loc: ast.Loc) -> Any:
+    def collect(self, pairs: list[tuple[str, Any]], loc: ast.Loc,
+                what: str = "a generator") -> Any:
+        """Graph values keyed as given (a Family), or constants (a list); never a mix."""
         graph = [k for k, v in pairs if is_graph(v)]
         if not graph:
             return [v for _, v in pairs]
         if len(graph) != len(pairs):
             const = next(k for k, v in pairs if not is_graph(v))
-            raise self.error(loc, f"a generator gives graph values and constants (for "
-                                  f"'{graph[0]}' and '{const}')")
+            if what == "a generator":
+                raise self.error(loc, f"a generator gives graph values and constants (for "
+                                      f"'{graph[0]}' and '{const}')")
+            raise self.error(loc, f"{what} takes graph values or numbers, not both",
+                             "relu(x) is max(x, 0); a constant joins a graph value with an "
+                             "operator: x + 1, 0.5 * x")
         family = Family("generator")
         for key, value in pairs:
             if isinstance(value, tuple):
@@ -202,6 +208,9 @@ class Algebra:
                     and first.element.op == "*":
                 return self._products(first, scope)
             return self.generate(first, scope)
+        if len(args) == 1 and isinstance(first, ast.ListExpr):  # sum([a, b]) as sum(a, b)
+            values = [(str(i), self.ev.eval(item, scope)) for i, item in enumerate(first.items)]
+            return self.collect(values, first.loc, f"'{name}'")
         if len(args) == 1:
             value = self.ev.eval(first, scope)
             if isinstance(value, (Family, GraphValue)):
@@ -214,7 +223,7 @@ class Algebra:
             raise self.error(first.loc, f"'{name}' takes a generator, a collection, a list or "
                                         f"several values, got {type_name(value)} {short(value)}")
         values = [(str(i), self.ev.eval(a.value, scope)) for i, a in enumerate(args)]
-        return self.collect(values, expr.loc)
+        return self.collect(values, expr.loc, f"'{name}'")
 
     def _products(self, gen: ast.Generator, scope: Scope) -> Any:
         """``sum(a * b for ...)``: one weighted sum when every term is graph * graph (weights)
