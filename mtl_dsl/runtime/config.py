@@ -133,9 +133,6 @@ class RunSection(_Section):
 
 class RunConfig(_Section):
     recipe: Optional[Str] = None  # the training recipe this config started from (configs/)
-    # Python modules that define blocks (docs/blocks.md), imported before the spec is read, on the
-    # driver and on every Ray worker (those that are not installed are shipped to the workers).
-    plugins: list[Str] = Field(default_factory=list)
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     tasks: Optional[Union[Str, list[Str]]] = None  # profile name or task list; None = the dataset's
     model: ModelSection = Field(default_factory=ModelSection)
@@ -145,6 +142,9 @@ class RunConfig(_Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     run: RunSection = Field(default_factory=RunSection)
     tune: TuneSection = Field(default_factory=TuneSection)  # ``mtl-dsl tune`` (sweep_space.py)
+    # Python modules that define blocks (docs/blocks.md), imported before the spec is read, on the
+    # driver and on every Ray worker (those that are not installed are shipped to the workers).
+    plugins: list[Str] = Field(default_factory=list)
 
     # Derived views ---------------------------------------------------------------------------
     def tasks_text(self) -> str:
