@@ -147,6 +147,7 @@ model m(widths = [4, 8, 2]) {
     ("max(f[\"depth\"], 0)", "'max' takes graph values or numbers, not both"),
     ("sum(\"ab\", \"c\")", "'sum' adds numbers, got str"),
     ("sum(d, d)", "cannot sum a per-task collection"),
+    ("mean(x)", "'mean' of one feature map reduces nothing"),
     ("sum(f[s] for s in tasks) * sum(g[s] for s in tasks)", "cannot multiply [B, 4, H, W] and "
                                                              "[B, 4, H/2, W/2]"),
 ])

@@ -295,12 +295,18 @@ class _Reduction(Block):
 
     family = FAMILY
     args = {
-        "x": Input((TaskMap,), "the terms: a per-task collection, a generator's values, or the "
-                               "values given one by one"),
+        "x": Input((TaskMap, FeatureMap, Tokens), "the terms: a per-task collection, a "
+                                                  "generator's values, or the values given one "
+                                                  "by one"),
     }
 
     def terms(self, call: Call) -> list[tuple[str, Any]]:
-        x: TaskMap = call.inputs["x"]
+        x = call.inputs["x"]
+        if not isinstance(x, TaskMap):
+            raise call.fail(f"'{self.name}' of one {kind_name(x)} reduces nothing: it takes "
+                            f"several values (a per-task collection, a generator, a, b, ...)", "x",
+                            hint="over a map's positions: global_pool(x, mode = \"avg\" | "
+                                 "\"max\")" if isinstance(x, FeatureMap) else "")
         items = list(x.items.items())
         if not items:
             raise call.fail(f"'{self.name}' of no values", "x")
