@@ -16,12 +16,13 @@ import threading
 from pathlib import Path
 
 from lark import Lark
-from lark.exceptions import (UnexpectedCharacters, UnexpectedEOF, UnexpectedInput,
-                             UnexpectedToken)
+from lark.exceptions import UnexpectedInput
 
 from ..errors import Diagnostic, Diagnostics, SpecError
 from . import ast
 from .keywords import StatementIf
+from .recovery import Recovery
+from .syntax_errors import TERMINAL_WORDS, syntax_diagnostic
 from .to_ast import ToAst
 
 MAX_SPEC_BYTES = 1 << 20  # 1 MiB: far beyond any real spec, small enough to answer at once
@@ -29,13 +30,6 @@ MAX_NESTING = 64
 MAX_ERRORS = 20
 GRAMMAR = Path(__file__).resolve().parent.parent / "grammar" / "mtl.lark"
 
-# What a person reads for each terminal in "expected one of ...".
-_TERMINAL_WORDS = {
-    "NAME": "a name",
-    "NUMBER": "a number",
-    "STRING": "a string",
-    "$END": "end of file",
-}
 
 
 class _Parser:
@@ -48,7 +42,7 @@ class _Parser:
         self.lark = Lark(GRAMMAR.read_text(), parser="lalr", maybe_placeholders=True,
                          transformer=self.transformer, postlex=self.keywords)
         self.lock = threading.Lock()
-        words = dict(_TERMINAL_WORDS)
+        words = dict(TERMINAL_WORDS)
         for term in self.lark.terminals:
             if term.name not in words and term.pattern.type == "str":
                 words[term.name] = f"'{term.pattern.value}'"
@@ -58,14 +52,6 @@ class _Parser:
 @functools.lru_cache(maxsize=1)
 def _parser() -> _Parser:
     return _Parser()
-
-
-def describe_terminals(names: set[str] | frozenset[str]) -> str:
-    words = _parser().words
-    shown = sorted({words.get(n, n.lower()) for n in names})
-    if len(shown) > 12:
-        shown = shown[:12] + ["..."]
-    return ", ".join(shown)
 
 
 def _lines(source: str) -> list[str]:
@@ -166,20 +152,29 @@ def parse_into(sink: Diagnostics, source: str, path: str = "<spec>") -> ast.Spec
         return None
     lines = _lines(source)
     errors: list[Diagnostic] = []
+    parser = _parser()
+    recover = Recovery(source)
+
+    def diagnostic(e: UnexpectedInput) -> Diagnostic:
+        return syntax_diagnostic(e, path, source, lines, parser.words)
+
+    consequence = []
 
     def on_error(e: UnexpectedInput) -> bool:
-        errors.append(_syntax_diagnostic(e, path, lines))
-        return len(errors) < MAX_ERRORS
+        if errors and recover.follows_from_braces(e):
+            consequence.append(e)
+            return False
+        errors.append(diagnostic(e))
+        return len(errors) < MAX_ERRORS and recover(e)
 
-    parser = _parser()
     with parser.lock:
         parser.transformer.path = path
         parser.keywords.reset(source)
         try:
             items = parser.lark.parse(source, on_error=on_error)
-        except UnexpectedInput as e:  # lexer errors and errors past the cap end parsing
-            if not errors or errors[-1] != _syntax_diagnostic(e, path, lines):
-                errors.append(_syntax_diagnostic(e, path, lines))
+        except UnexpectedInput as e:  # no recovery: parsing ends here
+            if not consequence and (not errors or errors[-1] != diagnostic(e)):
+                errors.append(diagnostic(e))
             items = None
         except Exception:  # building the AST from a tree that error recovery left incomplete
             if not errors:
@@ -226,36 +221,3 @@ def _dedupe(errors: list[Diagnostic]) -> list[Diagnostic]:
             seen.add((d.line, d.column))
             out.append(d)
     return out
-
-
-def _syntax_diagnostic(e: UnexpectedInput, path: str, lines: list[str]) -> Diagnostic:
-    line, column = max(1, e.line or 1), max(1, e.column or 1)
-    if isinstance(e, UnexpectedCharacters):
-        bad = lines[line - 1][column - 1:column] if line <= len(lines) else "?"
-        hint = ""
-        if bad == "'":
-            hint = 'strings are written with double quotes: "..."'
-        elif bad == '"':
-            hint = "this string is not closed on its line"
-        return _diag(path, lines, line, column, f"unexpected character '{bad}'", hint)
-    if isinstance(e, UnexpectedEOF):
-        last = len(lines)
-        return _diag(path, lines, last, len(lines[-1]) + 1, "unexpected end of file; expected "
-                     + describe_terminals(e.expected), "is a closing '}' or ')' missing?")
-    if isinstance(e, UnexpectedToken):
-        tok = e.token
-        if tok.type == "$END":
-            last = len(lines)
-            return _diag(path, lines, last, max(1, len(lines[-1]) + 1),
-                         "unexpected end of file; expected " + describe_terminals(e.expected),
-                         "is a closing '}' or ')' missing?")
-        what = f"'{tok.value}'" if tok.type != "NAME" else f"name '{tok.value}'"
-        hint = ""
-        if tok.type == "EQUAL" and "EQEQ" in e.expected:
-            hint = "comparison is written '=='"
-        elif tok.type == "NAME" and "COMMA" in e.expected:
-            hint = "is a ',' missing before it?"
-        return _diag(path, lines, line, column,
-                     f"unexpected {what}; expected one of: {describe_terminals(e.expected)}", hint,
-                     length=len(str(tok.value)))
-    return _diag(path, lines, line, column, str(e).split("\n")[0])
