@@ -17,13 +17,17 @@ if TYPE_CHECKING:  # pragma: no cover
     from .compiler import CompiledModel
 
 __all__ = ["build_model", "check_spec", "compile_ir", "compile_model", "load_ir", "parse_override",
-           "resolve_profile", "resolve_spec_path"]
+           "resolve_profile", "resolve_spec_path", "spec_profile"]
 
 
 def resolve_spec_path(spec: str | Path) -> tuple[Path, str]:
     """A path to a .mtl file, or the name of a built-in spec (``baseline_mt``)."""
     p = Path(spec)
     if p.is_file():
+        target = p.resolve()
+        if p.is_symlink() and p.suffix == ".mtl" and target.suffix != ".mtl":
+            raise SpecError(Diagnostic(str(spec), 1, 1, f"{spec} is a link to {target}, which is "
+                                                        f"not a .mtl spec file"))
         return p, str(spec)
     text = str(spec)
     if "/" not in text and "\\" not in text:
@@ -52,6 +56,18 @@ def resolve_profile(tasks: str | TaskProfile | None) -> TaskProfile:
         raise SpecError(Diagnostic("--tasks", 1, 1, e.message, source_line=tasks or "")) from None
 
 
+def spec_profile(spec: str | Path, model: str | None = None) -> str | None:
+    """The task profile a spec's model states it is made for (``profile nyud``: "nyud"), or None.
+    Reads the spec's own file only (a model's profile is written in its body)."""
+    from .frontend import declared_profiles, parse_file
+
+    path, display = resolve_spec_path(spec)
+    models = parse_file(path, display).models
+    chosen = [m for m in models if model is None or m.name == model][:1]
+    statements = declared_profiles(chosen[0]) if chosen else []
+    return statements[0].name if statements else None
+
+
 def load_ir(spec: str | Path, tasks: str | TaskProfile | None = None,
             overrides: dict[str, Any] | None = None, preset: str | None = None,
             input_size: tuple[int, int] | None = None, model: str | None = None,
@@ -70,7 +86,7 @@ def _lower(spec, tasks, overrides, preset, input_size, model,
     load_installed()  # installed packages' blocks (entry-point group mtl_dsl.blocks), once
     load_plugins(plugins, origin="plugins")
     path, display = resolve_spec_path(spec)
-    profile = resolve_profile(tasks)
+    profile = resolve_profile(tasks) if tasks is not None else None  # None: the model's own
     if input_size is not None:
         h, w = input_size
         if not (isinstance(h, int) and isinstance(w, int) and 8 <= h <= 8192 and 8 <= w <= 8192):

@@ -183,6 +183,8 @@ class _Checker:
                            notes=(f"it comes from {self.where(o.value.node)}",))
 
     def _check_dead(self) -> None:
+        """Nodes no output depends on: one error per statement that made them (a call of a user
+        block makes many), at that statement."""
         live: set[str] = set()
         stack = [o.value.node for o in self.ir.outputs]
         while stack:
@@ -191,10 +193,20 @@ class _Checker:
                 continue
             live.add(name)
             stack.extend(r.node for r in self.nodes[name].refs())
+        groups: dict[SourceLoc, list[Node]] = {}
         for n in self.ir.nodes:
             if n.name not in live and n.name in self.types:
-                self.error(n.loc, f"node '{n.name}' ({n.block}) is never used: no output depends "
-                                  f"on it", "remove it, or feed it into an output")
+                groups.setdefault(n.trace[0] if n.trace else n.loc, []).append(n)
+        for loc, dead in groups.items():
+            first = dead[0]
+            notes = ()
+            if len(dead) > 1:
+                shown = ", ".join(f"{n.name} ({n.block})" for n in dead[1:4])
+                more = f" and {len(dead) - 4} more" if len(dead) > 4 else ""
+                notes = (f"{len(dead) - 1} more node{'s' if len(dead) > 2 else ''} of this "
+                         f"statement {'are' if len(dead) > 2 else 'is'} unused too: {shown}{more}",)
+            self.error(loc, f"node '{first.name}' ({first.block}) is never used: no output "
+                            f"depends on it", "remove it, or feed it into an output", notes)
 
 
 class _Skip(Exception):

@@ -10,7 +10,7 @@ under each message) and turns what was reported into one ``SpecError``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from difflib import get_close_matches
 from typing import Iterable, Protocol
 
@@ -150,7 +150,7 @@ class Diagnostics:
         return len(self.items)
 
     def as_error(self) -> SpecError:
-        return SpecError(self.items)
+        return SpecError(fold(self.items))
 
     def raise_if_errors(self) -> None:
         if self.items:
@@ -173,9 +173,82 @@ def usage_error(where: str, message: str, hint: str = "", line: int = 0, column:
                                  source_line=source_line))
 
 
+MAX_PLACES_SHOWN = 4
+
+
+def fold(items: list[Diagnostic]) -> list[Diagnostic]:
+    """One root cause, one error: the errors that repeat an earlier one are folded into it.
+
+    The same place failing again (once per loop value, per task, per call of a block) adds a
+    count to the first; the same message at other places (one undefined table entry read in five
+    places) adds the list of places. Everything else is kept, in the order it was found.
+    """
+    kept: list[Diagnostic] = []
+    again: dict[int, int] = {}  # index in kept -> how many more times at its place
+    elsewhere: dict[int, list[str]] = {}  # index in kept -> the other places of its message
+    by_place: dict[tuple[str, int, int], int] = {}  # the place of a kept error -> its index
+    other_places: set[tuple[str, int, int]] = set()  # places listed in a kept error's note
+    by_message: dict[str, int] = {}
+    for d in items:
+        place = (d.file, d.line, d.column)
+        if place in by_place:
+            again[by_place[place]] = again.get(by_place[place], 0) + 1
+        elif place in other_places:
+            continue
+        elif d.message in by_message:
+            elsewhere.setdefault(by_message[d.message], []).append(f"{d.file}:{d.line}")
+            other_places.add(place)
+        else:
+            by_place[place] = by_message[d.message] = len(kept)
+            kept.append(d)
+    out = []
+    for i, d in enumerate(kept):
+        notes = list(d.notes)
+        if i in again:
+            n = again[i]
+            notes.append(f"this place fails {n} more time{'s' if n > 1 else ''} (for other loop "
+                         f"values, tasks or calls of its block)")
+        if i in elsewhere:
+            places = list(dict.fromkeys(elsewhere[i]))
+            shown = ", ".join(places[:MAX_PLACES_SHOWN])
+            more = len(places) - MAX_PLACES_SHOWN
+            notes.append(f"the same error at {len(places)} more place{'s' if len(places) > 1 else ''}"
+                         f": {shown}" + (f" and {more} more" if more > 0 else ""))
+        out.append(d if len(notes) == len(d.notes) else replace(d, notes=tuple(notes)))
+    return out
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Edits (insert, delete, substitute, swap two neighbours) that turn ``a`` into ``b``."""
+    prev2: list[int] = []
+    prev = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        cur = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cost = 0 if a[i - 1] == b[j - 1] else 1
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                cur[j] = min(cur[j], prev2[j - 2] + 1)
+        prev2, prev = prev, cur
+    return prev[-1]
+
+
 def did_you_mean(name: str, options: Iterable[str]) -> str:
-    """A hint naming the closest option, or '' when nothing is close."""
-    close = get_close_matches(name, sorted(set(options)), n=3, cutoff=0.6)
+    """A hint naming the closest options, or '' when nothing is close.
+
+    Close means a few typing slips away (edit distance up to a third of the name, swapped letters
+    counting once), so that 'segsem' finds 'semseg'; failing that, a long common part (difflib's
+    ratio of at least 0.6: 'upsample' finds 'upsample_concat').
+    """
+    opts = sorted(set(options))
+    if not name or not opts:
+        return ""
+    scored = sorted((edit_distance(name.lower(), o.lower()), o) for o in opts)
+    best = scored[0][0]
+    if best <= (max(1, len(name) // 3) if len(name) >= 3 else 0):
+        close = [o for d, o in scored if d == best][:3]
+    else:
+        close = get_close_matches(name, opts, n=3, cutoff=0.6)
     if not close:
         return ""
     if len(close) == 1:

@@ -191,6 +191,17 @@ class Preset:
 
 
 @dataclass
+class Profile:
+    """``profile nyud(input = [425, 560])``: the task profile (a name or a task list) and input
+    size a model is made for."""
+
+    name: str
+    values: list[Arg]
+    loc: Loc  # of the profile's name
+    span: Loc | None = None  # the whole statement or definition
+
+
+@dataclass
 class TableEntry:
     target: str
     source: str
@@ -253,7 +264,7 @@ class Weights:
     keyword: str = "weights"  # a soft keyword: parsed as a name, checked when lowering
 
 
-Stmt = Union[Assign, For, If, Return, Preset, Table, Weights]
+Stmt = Union[Assign, For, If, Return, Preset, Profile, Table, Weights]
 
 
 def keyword_loc(node: "Weights | WeightsEntry") -> Loc:

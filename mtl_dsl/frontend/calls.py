@@ -20,7 +20,7 @@ from .consteval import BUILTIN_FUNCTIONS, Evaluator
 from .naming import MAX_NODES, NodeNames
 from .params import CONST_PARAM_TYPES, GRAPH_PARAM_TYPES, coerce
 from .values import (Family, GraphValue, Poison, Scope, TableRow, TableValue, UserBlock, is_graph,
-                     jsonable, short, sloc, type_name)
+                     jsonable, short, sloc, task_hint, type_name)
 
 MAX_CALL_DEPTH = 32
 
@@ -29,14 +29,16 @@ BodyLowering = Callable[[list[ast.Stmt], Scope, bool], "list | None"]
 
 
 class Calls:
-    """Makes the graph's nodes. ``lower_body`` lowers the body of an inlined user block."""
+    """Makes the graph's nodes. ``lower_body`` lowers the body of an inlined user block;
+    ``failures`` counts the statements that failed so far (a block whose body had one fails)."""
 
     def __init__(self, sink: Diagnostics, ev: Evaluator, names: NodeNames,
-                 lower_body: BodyLowering):
+                 lower_body: BodyLowering, failures: Callable[[], int]):
         self.sink = sink
         self.ev = ev
         self.names = names
         self.lower_body = lower_body
+        self.failures = failures
         self.tasks = ev.tasks
         self.nodes: list[Node] = []
         self.selects: dict[tuple[str, int, str], GraphValue] = {}
@@ -179,9 +181,7 @@ class Calls:
             raise self.error(loc, f"argument '{arg_name}' of '{block.name}': {problem}",
                              spec.doc and f"{arg_name}: {spec.doc}")
         if spec.type == "task" and value not in self.tasks:
-            raise self.error(loc, f"unknown task '{value}'",
-                             did_you_mean(str(value), self.tasks) or
-                             f"tasks of this profile: {', '.join(self.tasks)}")
+            raise self.error(loc, f"unknown task '{value}'", task_hint(str(value), self.tasks))
         return jsonable(value)
 
     # registered blocks -------------------------------------------------------------------------
@@ -281,9 +281,9 @@ class Calls:
         if maps is not None:
             maps.enter(d.body)
         try:
-            before = len(self.sink)
+            before = self.failures()
             result = self.lower_body(d.body, inner, False)
-            if len(self.sink) > before:
+            if self.failures() > before:
                 raise Poison()
             if maps is not None:
                 maps.leave(d.body, inner, node_name, via)

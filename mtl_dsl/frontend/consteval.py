@@ -18,8 +18,8 @@ from ..tasks import TaskProfile
 from ..types import Dim
 from . import ast
 from .algebra import GRAPH_FUNCTIONS
-from .values import (Family, GraphValue, Poison, Scope, TableRow, TableValue, is_graph, is_number,
-                     sloc, type_name)
+from .values import (Family, GraphValue, MissingTableEntry, Poison, Scope, TableRow, TableValue,
+                     is_graph, is_number, sloc, task_hint, type_name)
 
 MAX_INT = 2 ** 53
 MAX_LIST = 10_000
@@ -48,6 +48,18 @@ class Evaluator:
         self.tasks = profile.task_names
         self.graph: GraphBuilder | None = None  # set by the lowering
         self.algebra: Any = None  # frontend.algebra.Algebra: graph-value operators, reductions
+        self.incomplete_tables: set[int] = set()  # tables whose missing entry was reported
+
+    def missing_entry(self, e: MissingTableEntry, loc: Located) -> Poison:
+        """A table without an entry for a pair of this profile's tasks: reported once per table
+        (every other lookup that fails has the same cause), naming what the table covers."""
+        if id(e.table) not in self.incomplete_tables:
+            self.incomplete_tables.add(id(e.table))
+            covered = ", ".join(e.table.keys()) or "no task"
+            self.sink.error(loc, str(e), "add the entry, or a default row/column '*'",
+                            notes=(f"the table names {covered}; the tasks of this profile are "
+                                   f"{', '.join(self.tasks)}",))
+        return Poison()
 
     def error(self, loc: Located, message: str, hint: str = "",
               notes: tuple[str, ...] = ()) -> Poison:
@@ -139,6 +151,8 @@ class Evaluator:
         hint = did_you_mean(expr.name, options)
         if expr.name in REGISTRY or (scope.file and expr.name in scope.file.blocks):
             hint = f"'{expr.name}' is a block: call it, {expr.name}(...)"
+        elif expr.name in ("True", "False", "None"):
+            hint = f"write {expr.name.lower()}"
         raise self.error(expr.loc, f"unknown name '{expr.name}'", hint)
 
     # operators ---------------------------------------------------------------------------------
@@ -337,11 +351,13 @@ class Evaluator:
     def apply_builtin(self, name: str, args: list[Any], expr: ast.CallExpr) -> Any:
         """A built-in function on constants; its mistakes are errors at ``expr``."""
         try:
-            return self._apply_builtin(name, args)
+            return self._apply_builtin(name, args, expr.loc)
+        except MissingTableEntry as e:
+            raise self.missing_entry(e, expr.loc) from None
         except (TypeError, ValueError) as e:
             raise self.error(expr.loc, f"'{name}': {e}") from None
 
-    def _apply_builtin(self, name: str, args: list[Any]) -> Any:
+    def _apply_builtin(self, name: str, args: list[Any], loc: ast.Loc) -> Any:
         def seq(v: Any) -> list:
             if isinstance(v, TableRow):
                 return list(v.to_json().values())
@@ -397,7 +413,8 @@ class Evaluator:
         if name in ("channels", "aux_channels"):
             t = args[0]
             if t not in self.tasks:
-                raise ValueError(f"unknown task {t!r}")
+                raise self.error(loc, f"'{name}': unknown task {t!r}",
+                                 task_hint(str(t), self.tasks))
             spec = self.profile.task(t)
             return spec.channels if name == "channels" else spec.aux_channels
         raise TypeError("unknown function")

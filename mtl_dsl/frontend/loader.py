@@ -2,7 +2,8 @@
 the blocks each file can call.
 
 An import is resolved relative to the importing file, then in the built-in ``specs/`` folders;
-it must name a ``.mtl`` file. ``import "x.mtl"`` makes the blocks of ``x.mtl`` callable by name,
+it must name a ``.mtl`` file, and a link must lead to one (a ``x.mtl`` link to any other file is
+refused; size and text are checked on what is read, the link's target). ``import "x.mtl"`` makes the blocks of ``x.mtl`` callable by name,
 ``import "x.mtl" as x`` as ``x.name``. A file imported twice is read once; a cycle of imports is
 an error naming the chain.
 """
@@ -106,6 +107,10 @@ class Loader:
                             f"looked in {base} and the built-in specs folder")
             return None
         key = str(found.resolve())
+        if not key.endswith(".mtl"):  # a link: the file it leads to must be a spec file too
+            self.sink.error(imp.loc, f"cannot import '{imp.path}': it is a link to {key}, which "
+                                     f"is not a .mtl spec file")
+            return None
         if key in self.loading:
             chain = " -> ".join(Path(k).name for k in self.loading[self.loading.index(key):])
             self.sink.error(imp.loc, f"circular import of '{imp.path}' ({chain} -> {found.name})")

@@ -13,61 +13,72 @@ from typing import Any
 
 from ..errors import Diagnostic, Diagnostics, SpecError, did_you_mean
 from ..ir import ModelIR, Output, ParamValue, TableEntryIR
-from ..tasks import TaskProfile
+from ..tasks import KNOWN_TASKS, TaskProfile
 from . import ast
 from .algebra import Algebra
 from .calls import Calls
-from .consteval import Evaluator
+from .consteval import BUILTIN_FUNCTIONS, Evaluator
 from .loader import Loader
 from .loops import RESERVED_NAMES, iterations
 from .naming import NodeNames
 from .params import bind_model_params
-from .values import (Family, FileScope, GraphValue, MissingTableEntry, Poison, Scope,
-                     TableValue, sloc, type_name)
+from .profile import choose as choose_profile
+from .values import (Family, FileScope, GraphValue, MissingTableEntry, Poison, Scope, TableRow,
+                     TableValue, short, sloc, task_hint, type_name)
 from .weightmaps import WeightMaps
 
 MAX_STEPS = 200_000
 INPUT_MULTIPLE = "input_multiple"  # `input_multiple = 32` in a model: the sides it accepts
-_ALL_TASKS = ("semseg", "human_parts", "sal", "normals", "depth", "edge")
 
 
 class Lowerer:
     """One compilation of one model: ``lower`` returns its IR or raises the ``SpecError`` of
     everything ``sink`` collected."""
 
-    def __init__(self, profile: TaskProfile, input_size: tuple[int, int] | None = None,
+    def __init__(self, profile: TaskProfile | None = None,
+                 input_size: tuple[int, int] | None = None,
                  search_paths: list[Path] | None = None, sink: Diagnostics | None = None):
+        """``profile``/``input_size``: what the user asked for (None: the model's own profile,
+        else the default one; the profile's input size)."""
         self.sink = sink if sink is not None else Diagnostics()
+        self.requested = profile
+        self.requested_input = tuple(input_size) if input_size is not None else None
+        self.loader = Loader(self.sink, search_paths)
+        self.outputs: list[Output] = []
+        self.tables: list[TableEntryIR] = []
+        self.steps = 0
+        self.failures = 0  # statements that failed (reported, or using what failed before)
+
+    def _begin(self, profile: TaskProfile, input_size: tuple[int, int]) -> None:
+        """Set up the walk for one task profile and input size."""
         self.profile = profile
         self.tasks = profile.task_names
-        self.input_size = tuple(input_size or profile.input_size)
-        self.explicit_input = input_size is not None
+        self.input_size = input_size
+        self.explicit_input = self.requested_input is not None
         self.input_multiple: int | None = None
-        self.loader = Loader(self.sink, search_paths)
         self.ev = Evaluator(self.sink, profile)
         self.names = NodeNames(self.sink)
-        self.calls = Calls(self.sink, self.ev, self.names, self.lower_body)
+        self.calls = Calls(self.sink, self.ev, self.names, self.lower_body, lambda: self.failures)
         self.ev.graph = self.calls
         self.weight_maps = WeightMaps(self.ev, self.names, self.tasks)
         self.calls.weight_maps = self.weight_maps
         self.ev.algebra = Algebra(self.calls)
-        self.outputs: list[Output] = []
-        self.tables: list[TableEntryIR] = []
-        self.steps = 0
 
     def error(self, loc: Any, message: str, hint: str = "", notes: tuple[str, ...] = ()) -> Poison:
         return self.ev.error(loc, message, hint, notes)
 
     # entry point -------------------------------------------------------------------------------
     def lower(self, path: Path, display: str, model_name: str | None = None,
-              overrides: dict[str, Any] | None = None, preset: str | None = None,
-              override_locs: dict[str, ast.Loc] | None = None) -> ModelIR:
+              overrides: dict[str, Any] | None = None, preset: str | None = None) -> ModelIR:
         top = self.loader.load(path, display)
         self.sink.raise_if_errors()
         assert top is not None
         model = self._choose_model(top, display, model_name)
-        params = bind_model_params(self.ev, model, top, overrides or {}, preset,
-                                   override_locs or {})
+        chosen = choose_profile(self.sink, model, self.requested, self.requested_input)
+        self.sink.raise_if_errors()
+        assert chosen is not None
+        self._begin(*chosen)
+        params = bind_model_params(self.ev, model, top, overrides or {}, preset)
         self.sink.raise_if_errors()
         scope = Scope(vars={k: v.value for k, v in params.items()}, parent=None, prefix="",
                       file=top)
@@ -116,13 +127,13 @@ class Lowerer:
                 result = self._statement(stmt, scope, in_model)
                 if result is not None:
                     return result
-            except MissingTableEntry as e:
-                self.error(stmt.loc, str(e), "add the entry, or a default row/column '*'")
-                self._poison_targets(stmt, scope)
-            except Poison:
+            except (Poison, MissingTableEntry) as e:
+                self.failures += 1
+                if isinstance(e, MissingTableEntry):
+                    self.ev.missing_entry(e, stmt.loc)
                 self._poison_targets(stmt, scope)
                 if isinstance(stmt, ast.Return):
-                    raise
+                    raise Poison() from None
         return None
 
     def _statement(self, stmt: ast.Stmt, scope: Scope, in_model: bool) -> list | None:
@@ -141,9 +152,10 @@ class Lowerer:
                 raise self.error(stmt.loc, "'return' is only allowed in a block",
                                  "a model's results are its out[t] outputs")
             return [self.ev.eval(v, scope) for v in stmt.values]
-        elif isinstance(stmt, ast.Preset):
+        elif isinstance(stmt, (ast.Preset, ast.Profile)):
             if not in_model or scope.prefix or not scope.is_function:
-                raise self.error(stmt.loc, "'preset' is only allowed at the top of a model")
+                word = "preset" if isinstance(stmt, ast.Preset) else "profile"
+                raise self.error(stmt.loc, f"'{word}' is only allowed at the top of a model")
         elif isinstance(stmt, ast.Table):
             self._table(stmt, scope)
         elif isinstance(stmt, ast.Weights):  # read once the body is lowered (weightmaps)
@@ -151,12 +163,16 @@ class Lowerer:
         return None
 
     def _poison_targets(self, stmt: ast.Stmt, scope: Scope) -> None:
-        """Later uses of what a failed statement would have bound stay quiet."""
-        if isinstance(stmt, ast.Assign):
-            for t in stmt.targets:
-                scope.poisoned.add(t.name)
-                if t.indices:
-                    scope.function_scope().poisoned.add(t.name)
+        """Later uses of what a failed statement would have bound stay quiet: the names it
+        assigns, and for a loop or an ``if`` the names its bodies assign."""
+        if isinstance(stmt, ast.Table):
+            scope.poisoned.add(stmt.name)
+        for t in _assigned(stmt):
+            if t.name in RESERVED_NAMES or t.name == INPUT_MULTIPLE:
+                continue
+            scope.poisoned.add(t.name)
+            if t.indices or not isinstance(stmt, ast.Assign):
+                scope.function_scope().poisoned.add(t.name)
 
     def _tick(self, loc: ast.Loc) -> None:
         self.steps += 1
@@ -168,9 +184,9 @@ class Lowerer:
         rows: dict[str, dict[str, Any]] = {}
         for e in stmt.entries:
             for key in (e.target, e.source):
-                if key != "*" and key not in _ALL_TASKS:
+                if key != "*" and key not in KNOWN_TASKS:
                     raise self.error(e.loc, f"table '{stmt.name}': '{key}' is not a task name",
-                                     did_you_mean(key, _ALL_TASKS))
+                                     task_hint(key, KNOWN_TASKS, "the language"))
             row = rows.setdefault(e.target, {})
             if e.source in row:
                 raise self.error(e.loc, f"table '{stmt.name}': duplicate entry "
@@ -237,6 +253,10 @@ class Lowerer:
             if t.name in RESERVED_NAMES:
                 raise self.error(t.loc, f"'{t.name}' is reserved and cannot be assigned")
         names = [self._node_name(t, scope) for t in stmt.targets]
+        if _makes_nodes(stmt.value):  # its target names them: checked here, at the target
+            for t, name in zip(stmt.targets, names):
+                if not (t.name == "_" and not t.indices):
+                    self.names.check(name, t.loc)
         value = self.ev.eval(stmt.value, scope, node_name=names[0], shape=stmt)
         values = list(value) if isinstance(value, tuple) else [value]
         if len(stmt.targets) != len(values):
@@ -294,8 +314,7 @@ class Lowerer:
         task = keys[0]
         if task not in self.tasks:
             raise self.error(target.indices[0].loc, f"unknown task '{task}'",
-                             did_you_mean(task, self.tasks) or
-                             f"tasks of this profile: {', '.join(self.tasks)}")
+                             task_hint(task, self.tasks))
         name = target.attr or "final"
         value = self.ev.eval(stmt.value, scope, node_name=f"out_{name}.{task}" if name != "final"
                              else f"out.{task}", shape=stmt)
@@ -307,3 +326,20 @@ class Lowerer:
                 raise self.error(target.loc, f"output '{name}' of task '{task}' is assigned twice",
                                  notes=(f"first assigned at line {o.loc.line}",))
         self.outputs.append(Output(task=task, name=name, value=value.ref, loc=sloc(target.loc)))
+
+
+def _assigned(stmt: ast.Stmt) -> list[ast.Target]:
+    """The targets a statement assigns, in its nested bodies too."""
+    if isinstance(stmt, ast.Assign):
+        return list(stmt.targets)
+    if isinstance(stmt, ast.For):
+        return [t for s in stmt.body for t in _assigned(s)]
+    if isinstance(stmt, ast.If):
+        return [t for s in stmt.body + stmt.orelse for t in _assigned(s)]
+    return []
+
+
+def _makes_nodes(expr: ast.Expr) -> bool:
+    """A call of a block (not of a built-in function): its nodes are named after the target."""
+    return isinstance(expr, ast.CallExpr) and not (
+        isinstance(expr.callee, ast.Name) and expr.callee.name in BUILTIN_FUNCTIONS)

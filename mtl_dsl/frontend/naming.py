@@ -5,35 +5,17 @@ A name comes from what the spec assigns (``d[t] = ...`` -> ``d.semseg``; a name 
 gets the loop value appended; a block inlined into ``h[t]`` prefixes its own names with
 ``h.semseg.``); a call nested in another call's arguments is named after the enclosing node
 (``x_upsample_concat``). Rebinding a name gives ``x_2``, ``x_3``, ... No node's path may be a
-prefix of another's (a module cannot be both a leaf and a folder), and no node may be named after
-an attribute every torch module has.
+prefix of another's (a module cannot be both a leaf and a folder), and no part of a name may be
+an attribute the compiled model or a torch module already has, or a Python keyword
+(``reserved``, derived from torch).
 """
 from __future__ import annotations
 
-import keyword
-
 from ..errors import Diagnostics, Located
+from .reserved import why_reserved
 from .values import Poison
 
 MAX_NODES = 20_000
-
-# Attributes of every torch module (and of the compiled model): a node may not be named after one.
-MODULE_ATTRIBUTES = {
-    "T_destination", "add_module", "apply", "bfloat16", "buffers", "call_super_init", "children",
-    "compile", "cpu", "cuda", "double", "dump_patches", "eval", "extra_repr", "float", "forward",
-    "get_buffer", "get_extra_state", "get_parameter", "get_submodule", "half", "ipu",
-    "load_state_dict", "modules", "mtia", "named_buffers", "named_children", "named_modules",
-    "named_parameters", "parameters", "register_backward_hook", "register_buffer",
-    "register_forward_hook", "register_forward_pre_hook", "register_full_backward_hook",
-    "register_full_backward_pre_hook", "register_load_state_dict_post_hook",
-    "register_load_state_dict_pre_hook", "register_module", "register_parameter",
-    "register_state_dict_post_hook", "register_state_dict_pre_hook", "requires_grad_",
-    "set_extra_state", "set_submodule", "share_memory", "smart_apply", "state_dict", "to",
-    "to_empty", "train", "training", "type", "xpu", "zero_grad", "graph", "code", "recompile",
-    "print_readable", "to_folder", "meta", "ir", "profile", "idle_parameters", "output_names",
-    "checked", "input_size", "summary",
-}
-
 
 class NodeNames:
     """The names given so far in one compilation."""
@@ -46,11 +28,7 @@ class NodeNames:
 
     def unique(self, name: str, loc: Located) -> str:
         """``name``, or the first free variant of it (``x_2``); Poison if none can be."""
-        first = name.split(".")[0]
-        if first in MODULE_ATTRIBUTES or keyword.iskeyword(first):
-            self.sink.error(loc, f"'{first}' cannot name a node: it is an attribute of every "
-                                 f"torch module", "pick another name")
-            raise Poison()
+        self.check(name, loc)
         if name not in self.names and not self._prefix_clash(name):
             return name
         if self._prefix_clash(name):
@@ -64,6 +42,16 @@ class NodeNames:
                 return candidate
         self.sink.error(loc, f"cannot find a free node name for '{name}'")
         raise Poison()
+
+    def check(self, name: str, loc: Located) -> None:
+        """Poison (and an error) when a part of the dotted ``name`` cannot name a module."""
+        for i, part in enumerate(name.split(".")):
+            why = why_reserved(part, first=i == 0)
+            if why:
+                where = "" if i == 0 else f" (in '{name}')"
+                self.sink.error(loc, f"'{part}' cannot name a node{where}: {why}",
+                                "pick another name")
+                raise Poison()
 
     def add(self, name: str) -> None:
         self.names.add(name)

@@ -8,6 +8,7 @@ type is an error at the place that gave it. ``parse_override`` reads the ``k=v``
 """
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from ..errors import Diagnostic, Located, SpecError, did_you_mean
@@ -20,7 +21,6 @@ from .values import FileScope, Poison, Scope, TableRow, TableValue, jsonable, sh
 CONST_PARAM_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list": list,
                      "dict": dict}
 GRAPH_PARAM_TYPES = {"map", "tokens", "multiscale", "attention", "taskmap", "any"}
-COMMAND_LINE = ast.Loc("<command line>", 1, 1)
 
 
 def coerce(ev: Evaluator, value: Any, type_name_: str, loc: Located, what: str) -> Any:
@@ -41,74 +41,95 @@ def coerce(ev: Evaluator, value: Any, type_name_: str, loc: Located, what: str) 
 
 
 def bind_model_params(ev: Evaluator, model: ast.BlockDef, top: FileScope,
-                      overrides: dict[str, Any], preset: str | None,
-                      override_locs: dict[str, ast.Loc]) -> dict[str, ParamValue]:
-    """The model's parameters after its defaults, the chosen preset and the overrides."""
+                      overrides: dict[str, Any], preset: str | None) -> dict[str, ParamValue]:
+    """The model's parameters after its defaults, the chosen preset and the ``--set`` overrides.
+
+    A parameter whose default is wrong is left out, and so are the later mistakes about it (a
+    preset that sets it is not also an error)."""
     builtins = Scope(vars={}, parent=None, prefix="", file=top)
-    values = _defaults(ev, model, builtins)
+    values, failed = _defaults(ev, model, builtins)
+    known = set(values) | failed
     presets = {s.name: s for s in model.body if isinstance(s, ast.Preset)}
     if preset is not None:
         if preset not in presets:
-            loc = override_locs.get("--preset", COMMAND_LINE)
-            ev.sink.error(loc, f"model '{model.name}' has no preset '{preset}'",
+            ev.sink.add_source("--preset", preset)
+            ev.sink.error(ast.Loc("--preset", 1, 1, len(preset)),
+                          f"model '{model.name}' has no preset '{preset}'",
                           did_you_mean(preset, presets) or
                           (f"presets: {', '.join(presets)}" if presets else "it has no presets"))
         else:
             for arg in presets[preset].values:
-                _set_param(ev, values, arg.name, arg.value, arg.loc, "preset", builtins, model)
+                _set_param(ev, values, known, arg.name, arg.value, arg.loc, "preset", builtins,
+                           model)
     for name, value in overrides.items():
-        loc = override_locs.get(name, COMMAND_LINE)
-        _set_param(ev, values, name, ast.Const(value, loc), loc, "set", builtins, model)
+        loc = _flag(ev, name, value)
+        _set_param(ev, values, known, name, ast.Const(value, loc), loc, "set", builtins, model)
     # presets must name real parameters even when not selected
     for s in presets.values():
         for arg in s.values:
-            if arg.name is not None and arg.name not in values:
-                ev.sink.error(arg.loc, f"preset '{s.name}' sets unknown parameter '{arg.name}'",
-                              did_you_mean(arg.name, values))
+            if arg.name is not None and arg.name not in known:
+                ev.sink.error(arg.loc, f"a preset sets unknown parameter '{arg.name}'",
+                              did_you_mean(arg.name, values),
+                              notes=(f"in preset '{s.name}'",))
     return values
 
 
-def _defaults(ev: Evaluator, model: ast.BlockDef, builtins: Scope) -> dict[str, ParamValue]:
+def _flag(ev: Evaluator, name: str, value: Any) -> ast.Loc:
+    """Where ``--set name=value`` is quoted in a message: the flag's text, the value underlined.
+    (Flags are read one at a time, so the one text registered for ``--set`` is this one's.)"""
+    text = value if isinstance(value, str) and value.replace("_", "").replace("-", "").replace(
+        ".", "").isalnum() else json.dumps(value)
+    ev.sink.add_source("--set", f"{name}={text}")
+    return ast.Loc("--set", 1, len(name) + 2, max(1, len(text)))
+
+
+def _defaults(ev: Evaluator, model: ast.BlockDef,
+              builtins: Scope) -> tuple[dict[str, ParamValue], set[str]]:
+    """The parameters with their defaults, and the names of those whose default is wrong."""
     values: dict[str, ParamValue] = {}
+    failed: set[str] = set()
     for p in model.params:
         if p.name in values:
             ev.sink.error(p.loc, f"duplicate parameter '{p.name}'")
             continue
-        if p.default is None:
-            ev.sink.error(p.loc, f"model parameter '{p.name}' needs a default value",
-                          f"write {p.name} = <value>")
-            continue
         try:
-            value = ev.const(p.default, builtins, "a parameter default")
+            values[p.name] = _default(ev, p, builtins)
         except Poison:
-            continue
-        written = p.type or type_name(value)
-        if p.type is not None and p.type not in CONST_PARAM_TYPES:
-            ev.sink.error(p.loc, f"unknown type '{p.type}' for model parameter '{p.name}'",
-                          did_you_mean(p.type, CONST_PARAM_TYPES) or
-                          f"model parameters are {', '.join(CONST_PARAM_TYPES)}")
-            continue
-        value = coerce(ev, value, written, p.default.loc, f"parameter '{p.name}'")
-        values[p.name] = ParamValue(value=jsonable(value), type=written, origin="default",
-                                    loc=sloc(p.loc))
-    return values
+            failed.add(p.name)
+    return values, failed
 
 
-def _set_param(ev: Evaluator, values: dict[str, ParamValue], name: str | None, expr: ast.Expr,
-               loc: ast.Loc, origin: str, scope: Scope, model: ast.BlockDef) -> None:
+def _default(ev: Evaluator, p: ast.ParamDef, builtins: Scope) -> ParamValue:
+    if p.default is None:
+        raise ev.error(p.loc, f"model parameter '{p.name}' needs a default value",
+                       f"write {p.name} = <value>")
+    value = ev.const(p.default, builtins, "a parameter default")
+    written = p.type or type_name(value)
+    if p.type is not None and p.type not in CONST_PARAM_TYPES:
+        raise ev.error(p.loc, f"unknown type '{p.type}' for model parameter '{p.name}'",
+                       did_you_mean(p.type, CONST_PARAM_TYPES) or
+                       f"model parameters are {', '.join(CONST_PARAM_TYPES)}")
+    value = coerce(ev, value, written, p.default.loc, f"parameter '{p.name}'")
+    return ParamValue(value=jsonable(value), type=written, origin="default", loc=sloc(p.loc))
+
+
+def _set_param(ev: Evaluator, values: dict[str, ParamValue], known: set[str], name: str | None,
+               expr: ast.Expr, loc: ast.Loc, origin: str, scope: Scope,
+               model: ast.BlockDef) -> None:
     if name is None or name not in values:
-        if origin == "set":
-            ev.sink.error(loc, f"model '{model.name}' has no parameter '{name}'",
+        if origin == "set" and name not in known:
+            at_name = ast.Loc(loc.file, loc.line, 1, len(name or ""))
+            ev.sink.error(at_name, f"model '{model.name}' has no parameter '{name}'",
                           did_you_mean(name or "", values) or f"parameters: {', '.join(values)}")
         return
+    old = values[name]
     try:
         value = ev.const(expr, scope, f"parameter '{name}'")
+        value = coerce(ev, value, old.type, loc, f"parameter '{name}'")
     except Poison:
         return
-    old = values[name]
-    value = coerce(ev, value, old.type, loc, f"parameter '{name}'")
-    values[name] = ParamValue(value=jsonable(value), type=old.type, origin=origin,  # type: ignore[arg-type]
-                              loc=old.loc)
+    values[name] = ParamValue(value=jsonable(value), type=old.type,
+                              origin=origin, loc=old.loc)  # type: ignore[arg-type]
 
 
 # -- the command line -----------------------------------------------------------------------------

@@ -39,7 +39,7 @@ class ToAst(Transformer):
 
     _PUNCT = {"LPAR", "RPAR", "LSQB", "RSQB", "LBRACE", "RBRACE", "COMMA", "COLON", "DOUBLECOLON",
               "EQUAL", "DOT", "ARROW", "IMPORT", "AS", "BLOCK", "MODEL", "FOR", "IN", "IF", "STMT_IF",
-              "ELSE", "RETURN", "PRESET", "TABLE", "MAPSTO"}
+              "ELSE", "RETURN", "PRESET", "PROFILE", "TABLE", "MAPSTO"}
 
     path = "<spec>"
 
@@ -163,6 +163,13 @@ class ToAst(Transformer):
         kw, name, *rest = children
         values = [c for c in rest if isinstance(c, ast.Arg)]
         return ast.Preset(str(name), values, self._loc(name), span=self._span(kw, rest[-1]))
+
+    def profile_stmt(self, children):
+        kw, name, *rest = children
+        values = [c for c in rest if isinstance(c, ast.Arg)]
+        text = _unescape(str(name)) if name.type == "STRING" else str(name)
+        last = next((c for c in reversed(rest) if c is not None), name)
+        return ast.Profile(text, values, self._loc(name), span=self._span(kw, last))
 
     def kwarg(self, children):
         name, _eq, value = children

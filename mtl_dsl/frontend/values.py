@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import did_you_mean
 from ..ir import CollectionRef, Ref, SourceLoc
 from . import ast
 
@@ -42,6 +43,10 @@ class Family:
 class MissingTableEntry(ValueError):
     """A table lookup ``table[target][source]`` with neither an entry nor a ``*`` default."""
 
+    def __init__(self, table: "TableValue", target: str, source: str):
+        super().__init__(f"table '{table.name}' has no entry {target} <- {source}")
+        self.table = table
+
 
 class TableValue:
     """A two-level constant table with ``*`` defaults, indexed ``table[target][source]``."""
@@ -57,13 +62,20 @@ class TableValue:
             for col_key in (source, "*"):
                 if col_key in row:
                     return row[col_key]
-        raise MissingTableEntry(f"table '{self.name}' has no entry {target} <- {source}")
+        raise MissingTableEntry(self, target, source)
 
     def row(self, target: str) -> "TableRow":
         return TableRow(self, target)
 
     def to_json(self) -> dict:
         return {t: {s: self.lookup(t, s) for s in self.tasks} for t in self.tasks}
+
+    def keys(self) -> list[str]:
+        """The task names the table writes (not '*')."""
+        keys = [t for t in self.rows if t != "*"]
+        for row in self.rows.values():
+            keys += [s for s in row if s != "*" and s not in keys]
+        return keys
 
 
 @dataclass
@@ -167,6 +179,13 @@ def short(value: Any) -> str:
     """A value as a message quotes it: its repr in parentheses, cut after 40 characters."""
     text = repr(value)
     return f"({text[:40]}...)" if len(text) > 43 else f"({text})"
+
+
+def task_hint(name: str, tasks: list[str] | tuple[str, ...], what: str = "this profile") -> str:
+    """For an unknown task name: the close one, if any, and the tasks there are."""
+    close = did_you_mean(name, tasks)
+    listed = f"the tasks of {what}: {', '.join(tasks)}"
+    return f"{close} ({listed})" if close else listed
 
 
 def jsonable(value: Any) -> Any:

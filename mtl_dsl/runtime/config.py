@@ -201,6 +201,17 @@ class RunConfig(_Section):
             return None  # the split itself is sized to the run
         return math.ceil(self.validation_images() / (self.per_worker_batch() * self.run.workers))
 
+    def for_spec(self, spec: Any) -> "RunConfig":
+        """This config for ``spec``: a run that names no tasks, on the built-in scenes (which
+        have every task), takes the task profile the spec's model states (``profile nyud``)."""
+        if self.tasks is not None or self.dataset.name != "synthetic" \
+                or not isinstance(spec, (str, Path)):
+            return self
+        from ..api import spec_profile
+
+        declared = spec_profile(spec)
+        return self if declared is None else self.model_copy(update={"tasks": declared})
+
     def model_arguments(self) -> dict[str, Any]:
         """The keyword arguments of ``mtl_dsl.api.build_model`` / ``check_spec`` for this run."""
         return {"tasks": self.profile(), "overrides": dict(self.model.overrides) or None,

@@ -94,7 +94,7 @@ def run_training(spec: Any, config: RunConfig | None = None, *, resume: bool = F
     fresh run from an official checkpoint or a checkpoint folder, checked here before the run
     folder is touched (``mtl_dsl.weights.convert.prepare_init``).
     """
-    cfg = config if config is not None else load_config()
+    cfg = (config if config is not None else load_config()).for_spec(spec)
     spec_name, source = spec_source(spec)
     signature: dict = {}
     if isinstance(spec, (str, Path)):

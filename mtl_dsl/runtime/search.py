@@ -351,7 +351,7 @@ def search(spec: str | Path, config=None, *, output: str | Path | None = None,
     from .config import load_config
     from .launch import run_training
 
-    cfg = config if config is not None else load_config()
+    cfg = (config if config is not None else load_config()).for_spec(spec)
     if cfg.training.grad_clip is None:
         cfg = cfg.model_copy(update={"training": cfg.training.model_copy(
             update={"grad_clip": SEARCH_GRAD_CLIP})})
