@@ -51,13 +51,16 @@ def task_string(tasks: list[str], classes: int) -> str:
     return ",".join(f"{t}:{classes}" if t in ("semseg", "human_parts") else t for t in tasks)
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@pytest.mark.parametrize("over", ["all", "tasks", "self"])
+@pytest.mark.parametrize("kernel", [1, 3, 5])
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(tasks=task_sets, classes=st.integers(2, 9), h=st.integers(9, 40), w=st.integers(9, 40),
-       dim=st.sampled_from([4, 8, 12]), heads=st.sampled_from([1, 2, 4]),
-       over=st.sampled_from(["all", "tasks", "self"]), depth=st.integers(1, 3),
-       kernel=st.sampled_from([1, 3, 5]), batch=st.integers(1, 2))
+       dim=st.sampled_from([4, 8, 12]), heads=st.sampled_from([1, 2, 4]), depth=st.integers(1, 3),
+       batch=st.integers(1, 2))
 def test_predicted_shapes_equal_actual_shapes(tmp_path, tasks, classes, h, w, dim, heads, over,
                                               depth, kernel, batch):
+    """Every variant of the attention (over) and of the kernel is run; sizes, widths, heads,
+    depth and tasks are drawn for each."""
     path = spec_file(tmp_path, kernel)
     overrides = {"dim": dim, "heads": heads, "over": over, "depth": depth}
     graph = check_spec(path, tasks=task_string(tasks, classes), overrides=overrides,
@@ -194,3 +197,47 @@ def test_the_papers_backbones_compile_and_run(backbone, levels, params):
     with torch.no_grad():
         out = model(torch.randn(1, 3, 64, 64))
     assert out["depth"]["final"].shape == (1, 1, 64, 64)
+
+
+CONCATS = """
+model m() {
+  a = conv_bn_act(images, 3, stride = 2)
+  b = conv_bn_act(images, 5, stride = 2)
+  c = conv_bn_act(images, 2, stride = 2)
+  two = concat(a, b)
+  three = concat(a, b, c)
+  for t in tasks {
+    w[t] = conv_bn_act(a, WIDTH)
+  }
+  per_task = concat(w)
+  joined = concat(concat(two, three), per_task)
+  for t in tasks {
+    out[t] = dense_head(joined, task = t)
+  }
+}
+"""
+
+
+@pytest.mark.parametrize("widths", [(1, 4, 7), (6, 2, 3)])
+def test_concat_of_unequal_widths_is_predicted_as_built(tmp_path, widths):
+    """The checker's channel count of every concat (two maps, three maps, a per-task collection
+    of different widths) is the width torch computes."""
+    tasks = "depth,edge,normals"
+    spec = tmp_path / "c.mtl"
+    spec.write_text(CONCATS.replace(
+        "  for t in tasks {\n    w[t] = conv_bn_act(a, WIDTH)\n  }",
+        "\n".join(f'  w["{t}"] = conv_bn_act(a, {w})' for t, w in zip(tasks.split(","), widths))))
+    graph = check_spec(spec, tasks=tasks, input_size=(12, 10))
+    predicted = {n: graph.types[n][0].channels for n in
+                 ("two", "three", "per_task", "joined")}
+    assert predicted == {"two": 8, "three": 10, "per_task": sum(widths),
+                         "joined": 18 + sum(widths)}
+    model = compile_ir(graph.ir).eval()
+    seen = {}
+    for name in predicted:
+        model.get_submodule(name).register_forward_hook(
+            lambda m, i, o, name=name: seen.__setitem__(name, tuple(o.shape)))
+    with torch.no_grad():
+        model(torch.randn(2, 3, 12, 10))
+    assert {n: s[1] for n, s in seen.items()} == predicted
+    assert all(s == (2, predicted[n], 6, 5) for n, s in seen.items())

@@ -209,3 +209,105 @@ def test_shape_assertions_compare_the_sizes_written(tmp_path, shape, size, ok):
         with pytest.raises(SpecError) as info:
             check_spec(p, tasks="depth", input_size=size)
         assert "shape assertion failed" in info.value.message
+
+
+# -- folding: one root cause, one error -----------------------------------------------------------
+
+def _d(line, message, column=1, file="a.mtl"):
+    from mtl_dsl.errors import Diagnostic
+
+    return Diagnostic(file, line, column, message)
+
+
+def test_errors_at_one_place_fold_into_the_first():
+    from mtl_dsl.errors import fold
+
+    out = fold([_d(3, "x for semseg"), _d(3, "x for depth"), _d(3, "x for edge"), _d(5, "other")])
+    assert [(d.line, d.message) for d in out] == [(3, "x for semseg"), (5, "other")]
+    assert out[0].notes[-1].startswith("this place fails 2 more times")
+    assert out[1].notes == ()
+
+
+def test_one_message_at_several_places_folds_into_the_first_listing_them():
+    from mtl_dsl.errors import fold
+
+    items = [_d(line, "unknown name 'dim'") for line in (2, 4, 6, 8, 10, 12, 12)]
+    (d,) = fold(items)
+    assert d.line == 2
+    assert d.notes == ("the same error at 5 more places: a.mtl:4, a.mtl:6, a.mtl:8, a.mtl:10 "
+                       "and 1 more",)
+
+
+def test_diagnostics_raise_the_folded_errors():
+    sink = Diagnostics()
+    for line in (1, 2):
+        sink.error(ast.Loc("a.mtl", line, 1), "same")
+    with pytest.raises(SpecError) as info:
+        sink.raise_if_errors()
+    assert len(info.value.diagnostics) == 1 and len(sink) == 2
+
+
+@pytest.mark.parametrize("name,options,hint", [
+    ("segsem", ["semseg", "human_parts", "sal", "normals", "depth", "edge"], "did you mean 'semseg'?"),
+    ("imagse", ["images", "tasks"], "did you mean 'images'?"),
+    ("kernal", ["kernel", "stride"], "did you mean 'kernel'?"),
+    ("upsample", ["upsample_concat", "add"], "did you mean 'upsample_concat'?"),
+    ("x", ["y", "z"], ""),
+    ("zzzzzz", ["semseg", "depth"], ""),
+])
+def test_did_you_mean_finds_slips_and_swaps(name, options, hint):
+    from mtl_dsl.errors import did_you_mean
+
+    assert did_you_mean(name, options) == hint
+
+
+def test_edit_distance_counts_a_swap_once():
+    from mtl_dsl.errors import edit_distance
+
+    assert [edit_distance(a, b) for a, b in [("ab", "ba"), ("kitten", "sitting"), ("", "abc"),
+                                             ("semseg", "segsem"), ("same", "same")]] == [1, 3, 3, 2, 0]
+
+
+# -- reserved node names come from torch ----------------------------------------------------------
+
+def test_reserved_names_are_those_of_the_installed_torch():
+    """reserved_names.json is regenerated from torch.fx.GraphModule and compared (after a torch
+    upgrade: python -m mtl_dsl.frontend.reserved)."""
+    import json
+
+    from mtl_dsl.frontend.reserved import DATA, names_from_torch
+
+    stored = json.loads(DATA.read_text())
+    fresh = names_from_torch()
+    assert stored["model"] == fresh["model"] and stored["module"] == fresh["module"]
+    assert {"add_submodule", "delete_submodule", "delete_all_unused_submodules", "forward",
+            "ir", "idle_parameters"} <= set(stored["model"])
+
+
+def test_a_node_name_the_model_does_not_reserve_compiles_and_runs(tmp_path):
+    """The other side of the reserved list: a name close to a reserved one is a working module."""
+    import torch
+
+    from mtl_dsl.api import compile_model
+
+    spec = tmp_path / "s.mtl"
+    spec.write_text("model m() {\n  add_submodules = conv_bn_act(images, 4, stride = 2)\n"
+                    "  for t in tasks {\n    out[t] = dense_head(add_submodules, task = t)\n  }\n}\n")
+    model = compile_model(spec, tasks="depth", input_size=(16, 16)).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 16, 16))["depth"]["final"].shape == (1, 1, 16, 16)
+    assert "add_submodules.conv.weight" in model.state_dict()
+
+
+# -- the corpus: shipped specs check clean, mutations give one error per mistake -----------------
+
+def _presets(name):
+    spec = parse_source(SPECS[name], name)
+    return [None] + [s.name for m in spec.models[:1] for s in m.body if isinstance(s, ast.Preset)]
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_every_shipped_spec_and_preset_checks_clean_with_no_flags(name):
+    for preset in _presets(name):
+        graph = check_spec(name[:-4], preset=preset)
+        assert graph.ir.outputs and set(graph.types) >= {n.name for n in graph.ir.nodes}
