@@ -274,11 +274,15 @@ def test_reserved_names_are_those_of_the_installed_torch():
     """reserved_names.json is regenerated from torch.fx.GraphModule and compared (after a torch
     upgrade: python -m mtl_dsl.frontend.reserved)."""
     import json
+    import subprocess
+    import sys
 
-    from mtl_dsl.frontend.reserved import DATA, names_from_torch
+    from mtl_dsl.frontend.reserved import DATA
 
     stored = json.loads(DATA.read_text())
-    fresh = names_from_torch()
+    run = subprocess.run([sys.executable, "-m", "mtl_dsl.frontend.reserved", "--print"],
+                         check=True, capture_output=True, text=True)
+    fresh = json.loads(run.stdout)
     assert stored["model"] == fresh["model"] and stored["module"] == fresh["module"]
     assert {"add_submodule", "delete_submodule", "delete_all_unused_submodules", "forward",
             "ir", "idle_parameters"} <= set(stored["model"])

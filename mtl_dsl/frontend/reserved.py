@@ -50,11 +50,19 @@ def why_reserved(part: str, first: bool) -> str:
     return ""
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Rewrite the JSON file; with ``--print``, print the lists instead (the test compares them
+    to the file; a fresh interpreter, as torch.compile adds attributes to modules it has seen)."""
+    import sys
+
     import torch
 
+    names = names_from_torch()
+    if "--print" in (sys.argv[1:] if argv is None else argv):
+        print(json.dumps(names))
+        return
     data = {"generated_by": "python -m mtl_dsl.frontend.reserved", "torch": torch.__version__,
-            **names_from_torch()}
+            **names}
     DATA.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
     print(f"wrote {DATA}: {len(data['model'])} model and {len(data['module'])} module names")
 
