@@ -480,6 +480,22 @@ def test_what_a_failed_loop_or_if_assigns_is_not_reported_again(tmp_path):
     assert "the same error at 1 more place" in str(e)
 
 
+def test_a_weights_map_naming_what_a_failed_statement_would_have_made_is_quiet(tmp_path):
+    spec = _model("""  x = conv_bn_act(images, dim, stride = 4, size = 3)
+  for t in tasks {
+    out[t] = dense_head(x, task = t)
+  }
+  weights official {
+    "stem" -> "x"
+    "head.{t}" -> "outs.{t}"
+  }""")
+    e = errors_of(write(tmp_path, spec), tasks="depth,edge")
+    assert [d.line for d in e.diagnostics] == [2]
+    fixed = write(tmp_path, spec.replace(", size = 3", ""))
+    (d,) = errors_of(fixed, tasks="depth,edge").diagnostics  # then the map's own mistake shows
+    assert d.line == 8 and "'outs.depth' (for t = depth) names no node" in d.message
+
+
 def test_the_same_place_failing_per_task_is_one_error(tmp_path):
     spec = _model("""  x = conv_bn_act(images, 6, stride = 4)
   for t in tasks {
@@ -560,6 +576,9 @@ def test_independent_syntax_errors_are_each_reported(tmp_path):
     ("y = {a: 1 for a in tasks}", "a dict comprehension is not part of the language", "for v in"),
     ("y = 1 if true else 2", "a conditional expression 'a if c else b' is not part", "if c {"),
     ("while true {\n    y = 1\n  }", "a 'while' loop is not part of the language", "range(n)"),
+    ("while n < 3 {\n    y = 1\n  }", "a 'while' loop is not part of the language", "range(n)"),
+    ("let y = 1", "'let' is not part of the language", "name = value"),
+    ("def f(x) {\n    y = x\n  }", "'def' is not part of the language", "block name("),
     ("y += 1", "'+=' is not part of the language", "x = x + ..."),
     ("y = 2 ** 3", "'**' (power) is not part of the language", "x * x"),
     ("y = true && false", "'&&' is not part of the language", "'and'"),

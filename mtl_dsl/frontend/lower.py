@@ -60,7 +60,7 @@ class Lowerer:
         self.names = NodeNames(self.sink)
         self.calls = Calls(self.sink, self.ev, self.names, self.lower_body, lambda: self.failures)
         self.ev.graph = self.calls
-        self.weight_maps = WeightMaps(self.ev, self.names, self.tasks)
+        self.weight_maps = WeightMaps(self.ev, self.names, self.tasks, lambda: self.failures)
         self.calls.weight_maps = self.weight_maps
         self.ev.algebra = Algebra(self.calls)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 
+from lark import Token
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from ..errors import Diagnostic
@@ -82,6 +83,19 @@ def _word_before(source: str, offset: int) -> str:
     return m.group(1) if m else ""
 
 
+def _foreign_keyword(e: UnexpectedToken):
+    """The token of a word of another language (``while``, ``def``, ``let``) that starts the
+    statement being parsed as ``NAME NAME``: the shape of a ``weights NAME { ... }`` map, whose
+    keyword is soft (a name checked when lowering), so ``while x {`` gets that far."""
+    ip = getattr(e, "interactive_parser", None)
+    stack = ip.parser_state.value_stack if ip is not None else []
+    for first, second in zip(stack, stack[1:]):
+        if (isinstance(first, Token) and isinstance(second, Token) and first.type == "NAME"
+                and second.type == "NAME" and first.value in _WORDS):
+            return first
+    return None
+
+
 def lacking_construct(e: UnexpectedToken, source: str) -> tuple[str, str] | None:
     """(message, hint) when the offending text is a construct the language does not have."""
     tok = e.token
@@ -124,6 +138,11 @@ def syntax_diagnostic(e: UnexpectedInput, path: str, source: str, lines: list[st
                      "is a closing '}' or ')' missing?")
     if isinstance(e, UnexpectedToken):
         tok = e.token
+        foreign = _foreign_keyword(e)
+        if foreign is not None:
+            message, hint = _WORDS[foreign.value]
+            return _diag(path, lines, foreign.line, foreign.column, message, hint,
+                         length=len(foreign.value))
         lacking = lacking_construct(e, source)
         if lacking is not None:
             return _diag(path, lines, line, column, lacking[0], lacking[1],

@@ -117,10 +117,12 @@ class WeightMaps:
     """Collects the maps of a model and of every user block inlined into it, as the lowering
     walks them (one frame per open block; the model's is the first)."""
 
-    def __init__(self, ev: Any, names: Any, tasks: list[str]):
+    def __init__(self, ev: Any, names: Any, tasks: list[str],
+                 failures: Callable[[], int] = lambda: 0):
         self.ev = ev  # consteval.Evaluator: constants, located errors
         self.names = names  # naming.NodeNames: the nodes made so far
         self.tasks = tasks
+        self.failures = failures  # statements that failed so far: their nodes were never made
         self.frames: list[_Frame] = []
 
     # frames ------------------------------------------------------------------------------------
@@ -233,6 +235,8 @@ class WeightMaps:
         for official, target, values in expanded:
             absolute = scope.prefix + target if target is not None else None
             if absolute is not None and not self._exists(absolute):
+                if self.failures():  # a node a failed statement would have made: not reported
+                    continue
                 for_task = f" (for t = {values[TASK]})" if TASK in values and \
                     TASK in placeholders(e.target) else ""
                 raise self.ev.error(e.target_loc or e.loc,
