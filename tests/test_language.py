@@ -456,6 +456,32 @@ def test_a_spec_made_for_a_dataset_trains_with_no_tasks_given(tmp_path):
     assert meta["profile"]["name"] == "nyud" and meta["run_config"]["tasks"] == "nyud"
 
 
+def test_a_spec_made_for_a_dataset_predicts_from_official_weights_with_no_tasks_given(tmp_path):
+    from PIL import Image
+    from test_golden import official_file
+
+    from mtl_dsl.cli import main
+
+    image = tmp_path / "scene.png"
+    Image.new("RGB", (40, 30), (90, 120, 30)).save(image)
+    weights = official_file("atrc_genotype", tmp_path)
+    assert main(["predict", "atrc_nyud_hrnet18", "--weights", str(weights), "--input", "64x64",
+                 str(image), "--out", str(tmp_path / "out")]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == \
+        [f"scene_{t}.png" for t in sorted(["semseg", "depth", "normals", "edge"])]
+
+
+def test_a_sweep_of_a_spec_made_for_a_dataset_takes_its_profile(tmp_path):
+    from mtl_dsl.runtime.config import load_config
+    from mtl_dsl.runtime.sweep import run_sweep
+
+    cfg = load_config(overrides={"run": {"storage": str(tmp_path), "name": "s"},
+                                 "tune": {"search": {"dimm": "[8, 16]"}}})
+    with pytest.raises(SpecError) as info:  # checked before any trial: the model's parameters
+        run_sweep("atrc_nyud_hrnet18", cfg, plain=True, progress=lambda line: None)
+    assert info.value.message == "model 'atrc_nyud_hrnet18' has no parameter 'dimm'"
+
+
 # -- one root cause, one error --------------------------------------------------------------------
 
 def _model(body: str) -> str:

@@ -111,6 +111,7 @@ def load_official_model(spec: Any, weights: str | Path, config: RunConfig,
 
     from ..weights.convert import load_official_model as load
 
+    config = config.for_spec(spec)  # no tasks given: the profile the spec's model states
     model, loaded = load(spec, weights, config, weights_map, allow_partial)
     print(loaded.report, file=sys.stderr)
     return model, config, f"the official weights {weights}"

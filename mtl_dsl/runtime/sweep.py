@@ -300,6 +300,7 @@ def run_sweep(spec: str, cfg: RunConfig, *, resume: bool = False, plain: bool = 
     from .launch import start_ray
     from .sweep_results import collect_rows, write_results
 
+    cfg = cfg.for_spec(spec)  # no tasks given: the profile the spec's model states
     folder = experiment_dir(spec, cfg)
     has_state = folder.is_dir() and (folder / SWEEP_FILE).is_file() and tune.Tuner.can_restore(str(folder))
     if resume and not has_state:
