@@ -600,7 +600,9 @@ def test_independent_syntax_errors_are_each_reported(tmp_path):
 @pytest.mark.parametrize("statement,message,hint", [
     ("y = [a for a in [1, 2]]", "a list comprehension is not part of the language", "for v in"),
     ("y = {a: 1 for a in tasks}", "a dict comprehension is not part of the language", "for v in"),
-    ("y = 1 if true else 2", "a conditional expression 'a if c else b' is not part", "if c {"),
+    ("y = true ? 1 : 2", "a conditional expression 'c ? a : b' is not part", "a if c else b"),
+    ("y = max(1, a for a in [1, 2])", "a generator expression is only allowed as the sole "
+                                      "argument of a call", "sum(x[s] for s in tasks)"),
     ("while true {\n    y = 1\n  }", "a 'while' loop is not part of the language", "range(n)"),
     ("while n < 3 {\n    y = 1\n  }", "a 'while' loop is not part of the language", "range(n)"),
     ("let y = 1", "'let' is not part of the language", "name = value"),

@@ -9,6 +9,7 @@ evaluated to a structured ``ShapeAssertion`` of the IR.
 from __future__ import annotations
 
 import math
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Protocol
 
 from ..blocks import REGISTRY
@@ -60,6 +61,11 @@ class Evaluator:
                             notes=(f"the table names {covered}; the tasks of this profile are "
                                    f"{', '.join(self.tasks)}",))
         return Poison()
+
+    def _naming(self, node_name: str | None) -> AbstractContextManager:
+        """Calls nested in an assigned expression are named after its target (``algebra``); an
+        evaluator of constants alone (no graph) has nothing to name."""
+        return self.algebra.naming(node_name) if self.algebra is not None else nullcontext()
 
     def error(self, loc: Located, message: str, hint: str = "",
               notes: tuple[str, ...] = ()) -> Poison:
@@ -159,7 +165,7 @@ class Evaluator:
     def _unary(self, expr: ast.UnaryOp, scope: Scope, node_name: str | None = None,
                shape: ast.Assign | None = None) -> Any:
         if expr.op == "-":
-            with self.algebra.naming(node_name):
+            with self._naming(node_name):
                 v = self.eval(expr.operand, scope)
             if is_graph(v):
                 return self.algebra.negate(expr, v, scope, node_name, shape)
@@ -226,7 +232,7 @@ class Evaluator:
 
     def _binop(self, expr: ast.BinOp, scope: Scope, node_name: str | None = None,
                shape: ast.Assign | None = None) -> Any:
-        with self.algebra.naming(node_name):
+        with self._naming(node_name):
             left = self.eval(expr.left, scope)
             right = self.eval(expr.right, scope)
         if is_graph(left) or is_graph(right):  # a node of the graph (frontend.algebra)

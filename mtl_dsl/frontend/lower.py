@@ -23,8 +23,8 @@ from .loops import RESERVED_NAMES, iterations
 from .naming import NodeNames
 from .params import bind_model_params
 from .profile import choose as choose_profile
-from .values import (Family, FileScope, GraphValue, MissingTableEntry, Poison, Scope, TableRow,
-                     TableValue, short, sloc, task_hint, type_name)
+from .values import (Family, FileScope, GraphValue, MissingTableEntry, Poison, Scope,
+                     TableValue, sloc, task_hint, type_name)
 from .weightmaps import WeightMaps
 
 MAX_STEPS = 200_000

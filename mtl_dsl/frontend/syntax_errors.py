@@ -29,7 +29,7 @@ _CHARACTERS = {
     "!": ("'!' is not part of the language", "write 'not' (and '!=' for not equal)"),
     ";": ("';' is not part of the language", "a statement ends at the end of its line"),
     "?": ("a conditional expression 'c ? a : b' is not part of the language",
-          "use an if statement: if c { x = a } else { x = b }"),
+          "write: a if c else b"),
     "@": ("'@' (decorators, matrix products) is not part of the language", ""),
 }
 
@@ -102,16 +102,15 @@ def lacking_construct(e: UnexpectedToken, source: str) -> tuple[str, str] | None
     at = tok.start_pos if tok.start_pos is not None else len(source)
     nxt = source[tok.end_pos:tok.end_pos + 1] if tok.end_pos is not None else ""
     if tok.value == "for" and "FOR" not in e.expected:
-        kind = {"[": "a list comprehension", "{": "a dict comprehension",
-                "(": "a generator expression"}.get(_open_bracket(source, at))
+        bracket = _open_bracket(source, at)
+        if bracket == "(":
+            return ("a generator expression is only allowed as the sole argument of a call",
+                    "write: sum(x[s] for s in tasks), or stack(...) to keep the values")
+        kind = {"[": "a list comprehension", "{": "a dict comprehension"}.get(bracket)
         if kind:
             return (f"{kind} is not part of the language",
-                    "use a for statement: for v in values { x[v] = ... }, or range(...)")
-    line_before = source[:at].split("\n")[-1]
-    if (tok.value == "if" and "IF" not in e.expected
-            or tok.value == "else" and re.search(r"=.*\bif\b", line_before)):
-        return ("a conditional expression 'a if c else b' is not part of the language",
-                "use an if statement: if c { x = a } else { x = b }")
+                    "use a generator, sum(x[s] for s in tasks), or a for statement: "
+                    "for v in values { x[v] = ... }")
     if tok.type in ("PLUS", "MINUS", "STAR", "SLASH", "DOUBLESLASH", "PERCENT") and nxt == "=":
         return (f"'{tok.value}=' is not part of the language", f"write x = x {tok.value} ...")
     if tok.type == "STAR" and source[at - 1:at] == "*":
