@@ -591,6 +591,16 @@ def test_a_syntax_error_is_reported_once(tmp_path, old, new, line, fragment):
     assert e.line == line and fragment in str(e), str(e)
 
 
+def test_a_bracket_left_open_by_a_syntax_error_does_not_change_the_if_statements_after_it(
+        tmp_path):
+    """An `if` that starts a statement is told from a conditional expression's by the brackets
+    open before it; after a syntax error, those of the broken statement do not count."""
+    body = BODY.replace("  for t in tasks {", "  if dim > 2 {\n    z = 1\n  }\n  for t in tasks {")
+    e = errors_of(write(tmp_path, _model("  w = max((1, 2)\n" + body)))
+    assert [d.line for d in e.diagnostics] == [2], str(e)
+    assert errors_of(write(tmp_path, "(\n" + _model(body))).line == 1
+
+
 def test_independent_syntax_errors_are_each_reported(tmp_path):
     text = _model(BODY.replace("images, dim", "images dim").replace("h[t] = conv", "h[t] = = conv"))
     e = errors_of(write(tmp_path, text + "block b(x) {\n  return x +* 1\n}\n"))

@@ -37,15 +37,26 @@ class StatementIf:
 
     def reset(self, source: str) -> None:
         self.source = source
-        self._pos = 0  # how far the bracket depth has been followed
+        self._restarts = [0]  # offsets where the bracket depth is 0 (see restart_at)
+        self._restart(0)
+
+    def restart_at(self, offset: int) -> None:
+        """Error recovery resumes the parse with a statement at ``offset``: brackets left open
+        before it (the broken statement's) are not counted after it."""
+        if offset not in self._restarts:
+            self._restarts = sorted([*self._restarts, offset])
+        self._restart(offset)
+
+    def _restart(self, offset: int) -> None:
+        self._pos = offset  # how far the bracket depth has been followed
         self._depth = 0
         self._quote = False
         self._comment = False
 
     def _depth_at(self, offset: int) -> int:
         """Depth of ( and [ at ``offset`` (strings and comments skipped); offsets only grow."""
-        if offset < self._pos:  # a second parse of the same text (error recovery): start again
-            self.reset(self.source)
+        if offset < self._pos:  # text lexed again (error recovery): from the restart before it
+            self._restart(max(r for r in self._restarts if r <= offset))
         text = self.source
         for i in range(self._pos, offset):
             ch = text[i]

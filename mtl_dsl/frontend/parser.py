@@ -153,7 +153,7 @@ def parse_into(sink: Diagnostics, source: str, path: str = "<spec>") -> ast.Spec
     lines = _lines(source)
     errors: list[Diagnostic] = []
     parser = _parser()
-    recover = Recovery(source)
+    recover = Recovery(source, parser.keywords.restart_at)
 
     def diagnostic(e: UnexpectedInput) -> Diagnostic:
         return syntax_diagnostic(e, path, source, lines, parser.words)

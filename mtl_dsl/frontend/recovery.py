@@ -22,6 +22,7 @@ their opening brace are indented deeper than its header; continuation lines of a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from lark import Token
 from lark.exceptions import UnexpectedInput, UnexpectedToken
@@ -93,8 +94,11 @@ def _may_begin_statement(actions: dict) -> bool:
 class Recovery:
     """Recovers a parse of ``source`` after each syntax error (``on_error`` of ``Lark.parse``)."""
 
-    def __init__(self, source: str):
+    def __init__(self, source: str, restart: Callable[[int], None] = lambda offset: None):
+        """``restart(offset)``: the parse resumes (or is tried) at ``offset``; the post-lexer
+        (``keywords.StatementIf``) counts brackets afresh from there."""
         self.source = source
+        self.restart = restart
         self.starts, self.unbalanced = _line_starts(source)
         self.resumed_at = -1  # offsets only move forward: no loop
 
@@ -120,7 +124,9 @@ class Recovery:
             here = start.offset - start.line_offset
             if here > indent or closing and here == indent:
                 continue
+            self.restart(start.offset)
             if self._resumes(ip, start):
+                self.restart(start.offset)
                 self._move(ip, start.offset, start.line, start.line_offset)
                 self.resumed_at = start.offset
                 return True
