@@ -231,6 +231,11 @@ def test_eval_of_a_run_folder_says_which_step_it_evaluated(tmp_path):
     _, text = run_eval(TinyNet, result.run_dir, max_batches=1)
     assert text.splitlines()[0] == (f"evaluated the checkpoint of step 4 ({result.run_dir / 'step_00000004'}) "
                                     f"on 4 synthetic val images")
+    notes = []  # resuming a finished run trains nothing, and says why
+    again = run_training(TinyNet, _config(tmp_path, "which", iterations=4, checkpoint_interval=2),
+                         plain=True, resume=True, progress=notes.append)
+    assert again.step == 4 and {"kind": "note", "text": "nothing to train: the checkpoint is at step 4, "
+                                "training.iterations is 4 (raise --iterations to continue)"} in notes
 
 
 # --- changed settings on resume ---------------------------------------------------------------------

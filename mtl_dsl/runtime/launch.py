@@ -123,14 +123,13 @@ def run_training(spec: Any, config: RunConfig | None = None, *, resume: bool = F
             recorder({"kind": "note", "text": f"took over run folder {run_dir} from a run that "
                                               f"is no longer running ({describe(lock.took_over)})"})
         resume_from = prepare_run_dir(run_dir, resume, plain, recorder)
-        if resume_from is not None:
-            _check_resume(resume_from, cfg, signature, recorder)
+        start = _check_resume(resume_from, cfg, signature, recorder) if resume_from is not None else 0
         if isinstance(spec, (str, Path)) and Path(spec).is_file():
             spec = str(Path(spec).resolve())  # a worker may run in another folder (runtime_env)
         job = {"spec": spec, "spec_name": spec_name, "spec_source": source, "config": cfg.dump(),
                "graph": signature, "run_dir": str(run_dir), "callbacks": list(callbacks or []),
                "resume_path": str(resume_from) if resume_from is not None else None,
-               "init": None}
+               "start_step": start, "init": None}
         if initial is not None:
             recorder({"kind": "note", "text": initial.report})
             job["init"] = str(initial.write(run_dir / "init" / "model.safetensors"))
@@ -143,18 +142,24 @@ def run_training(spec: Any, config: RunConfig | None = None, *, resume: bool = F
                        history=recorder.of("log"), evaluations=recorder.of("eval"))
 
 
-def _check_resume(path: Path, cfg: RunConfig, signature: dict, note: Callable[[dict], None]) -> None:
+def _check_resume(path: Path, cfg: RunConfig, signature: dict, note: Callable[[dict], None]) -> int:
     """Refuse a checkpoint of another graph or a run config changed where it cannot be; report
-    the changes that are applied."""
+    the changes that are applied. Returns the checkpoint's step."""
     from .checkpoints import read_meta
     from .resume import check_config, check_graph
 
     meta = read_meta(path)
     check_graph(meta, signature, str(path))
     changes = check_config(meta, cfg.dump(), str(path))
+    step = int(meta.get("step", 0))
     if changes:
-        note({"kind": "note", "text": f"run config changed since step {meta.get('step')}, applied "
-                                      f"from here on: {'; '.join(changes)}"})
+        note({"kind": "note", "text": f"run config changed since step {step}, applied from here "
+                                      f"on: {'; '.join(changes)}"})
+    if step >= cfg.training.iterations:
+        note({"kind": "note", "text": f"nothing to train: the checkpoint is at step {step}, "
+                                      f"training.iterations is {cfg.training.iterations} (raise "
+                                      f"--iterations to continue)"})
+    return step
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, plain: bool,
@@ -382,7 +387,7 @@ def _train_with_ray(job: dict, cfg: RunConfig, run_name: str, storage: Path, ver
             raise TrainingError(errors[-1]["text"])
         metrics = dict(result.metrics or {})
         checkpoint = Path(result.checkpoint.path) if result.checkpoint is not None else None
-        out = {"step": int(metrics.get("step", 0)),
+        out = {"step": int(metrics.get("step", job["start_step"])),  # no report: nothing trained
                "metrics": {k[4:]: v for k, v in metrics.items() if k.startswith("val/")}}
         return out, checkpoint
     finally:
