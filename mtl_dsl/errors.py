@@ -256,8 +256,14 @@ def did_you_mean(name: str, options: Iterable[str]) -> str:
     return "did you mean " + ", ".join(f"'{c}'" for c in close[:-1]) + f" or '{close[-1]}'?"
 
 
-def simple_error(file: str, message: str, hint: str = "", line: int = 1, column: int = 1,
-                 source_line: str = "") -> SpecError:
-    """An error about a whole file (too large, not UTF-8, missing) or a CLI value."""
+def simple_error(file: str, message: str, hint: str = "", line: int | None = None,
+                 column: int | None = None, source_line: str = "") -> SpecError:
+    """An error about a whole file (too large, not UTF-8, missing) or a CLI value: it carries no
+    position unless one is given (a quoted ``source_line`` is pointed at from its start), so a
+    checkpoint or a flag never reads as a spec error at ``file:1:1``."""
+    if line is None:
+        line = 1 if source_line else 0
+    if column is None:
+        column = 1 if source_line else 0
     return SpecError(Diagnostic(file=file, line=line, column=column, message=message, hint=hint,
                                 source_line=source_line))

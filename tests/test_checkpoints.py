@@ -142,6 +142,23 @@ def test_checkpoint_errors_name_the_file_without_a_made_up_position(tmp_path):
     assert str(info.value) == f"{tmp_path / 'meta.json'}: error: not a checkpoint (no meta.json): {tmp_path}"
 
 
+def test_official_weight_file_errors_have_no_made_up_position(tmp_path):
+    from mtl_dsl.errors import simple_error
+    from mtl_dsl.weights.files import read_weights
+
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"\0garbage" * 10)
+    with pytest.raises(SpecError) as info:  # train --init / eval --weights FILE
+        read_weights(garbage)
+    assert str(info.value) == (f"{garbage}: error: {garbage} is neither a .safetensors file nor a torch "
+                               f"checkpoint (.pth, .pth.tar, .ckpt)")
+    with pytest.raises(SpecError) as info:
+        read_weights(tmp_path / "nope.pth")
+    assert str(info.value) == f"{tmp_path / 'nope.pth'}: error: weights file not found: {tmp_path / 'nope.pth'}"
+    quoted = simple_error("--search", "bad value", source_line="dim=[1,")  # a quoted flag value
+    assert str(quoted).splitlines()[:2] == ["--search:1:1: error: bad value", "    1 | dim=[1,"]
+
+
 def test_missing_checkpoint_and_keep_newest(tmp_path):
     with pytest.raises(SpecError, match="checkpoint not found"):
         ck.load_checkpoint(tmp_path / "nope")

@@ -283,6 +283,32 @@ def test_an_alias_bomb_inside_model_overrides_is_refused(tmp_path):
     assert len(small.model.overrides["x"]["a2"]) == 10  # 1,111 values: an ordinary use of aliases
 
 
+def test_a_key_given_twice_is_an_error_at_the_second(tmp_path):
+    message = _error(tmp_path, "training:\n  iterations: 3\n  augment: false\n  iterations: 5\n")
+    assert message == (f"{tmp_path / 'run.yaml'}:4:3: error: key 'iterations' is given twice (first "
+                       f"at line 2); the last would silently win")
+    merged = tmp_path / "merge.yaml"  # a merge key is not a repeated key
+    merged.write_text("model:\n  overrides: {<<: {dim: 8}, backbone: resnet18}\n")
+    assert load_config(merged).model.overrides == {"dim": 8, "backbone": "resnet18"}
+
+
+@pytest.mark.parametrize("text, key", [("optimizer:\n  lr: .nan\n", "optimizer.lr"),
+                                       ("optimizer:\n  weight_decay: .inf\n", "optimizer.weight_decay"),
+                                       ("schedule:\n  min_lr: -.inf\n", "schedule.min_lr")])
+def test_nan_and_infinite_numbers_are_refused(tmp_path, text, key):
+    message = _error(tmp_path, text)
+    assert f":2:3: error: key '{key}': Input should be a finite number" in message
+
+
+def test_an_input_size_below_8_names_the_flag_and_the_side():
+    with pytest.raises(SpecError) as info:
+        load_config(overrides=parse_set(["training.input_size=[64, 2]"]))
+    assert str(info.value) == ("--set training.input_size=[64, 2]: error: key 'training.input_size.1': "
+                               "Input should be greater than or equal to 8 (got 2)")
+    assert _cli_error("train", "baseline_mt", "--input", "0x0").startswith(
+        "--input 0x0: error: key 'training.input_size.0': Input should be greater than or equal to 8")
+
+
 def test_deep_nesting_is_refused(tmp_path):
     message = _error(tmp_path, "model:\n  overrides:\n    x: " + "[" * 100 + "]" * 100 + "\n")
     assert "nested more than 64 levels" in message

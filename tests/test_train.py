@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import re
+import zlib
 from pathlib import Path
 
 import pytest
@@ -277,3 +279,11 @@ def test_predict_scales_16_bit_and_palette_images_to_8_bits(tmp_path):
     Image.fromarray(np.ones((4, 4), dtype=np.float32)).save(tmp_path / "float.tif")
     with pytest.raises(UsageError, match=r"cannot use image .*float.tif: floating-point image \(mode F\)"):
         load_image(tmp_path / "float.tif", (4, 4))
+    bomb = tmp_path / "bomb.png"  # a header claiming 40,000 x 40,000 pixels: refused, not decoded
+    Image.new("1", (1, 1)).save(bomb)
+    data = bytearray(bomb.read_bytes())
+    data[16:24] = (40_000).to_bytes(4, "big") * 2  # IHDR width and height, then its CRC
+    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")
+    bomb.write_bytes(bytes(data))
+    with pytest.raises(UsageError, match=rf"^{re.escape(str(bomb))}: error: cannot use image .*decompression bomb"):
+        load_image(bomb, (4, 4))

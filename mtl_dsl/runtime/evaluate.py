@@ -219,6 +219,8 @@ def load_image(path: Path, size: tuple[int, int]):
             rgb = Image.fromarray(rgb8(img))
     except ImageModeError as exc:
         raise usage_error(str(path), f"cannot use image {path}: {exc}") from None
+    except Image.DecompressionBombError as exc:  # a header claiming more pixels than PIL decodes
+        raise usage_error(str(path), f"cannot use image {path}: {exc}") from None
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise usage_error(str(path), f"cannot read image {path}: {exc}") from None
     original = rgb.size

@@ -4,7 +4,8 @@ YAML is read with PyYAML's safe loader (no object construction) under the limits
 at most ``MAX_CONFIG_BYTES`` of text, mappings and lists nested at most ``MAX_NESTING`` deep, and
 at most ``MAX_NODES`` values once every alias is expanded (an "alias bomb" such as ten lists of
 ten references to the previous list is a few lines of text but 10**10 values: it is refused before
-anything walks it). Numbers are read as YAML 1.2 writes them: ``1e-3`` is a float, not the string
+anything walks it). A key written twice in one mapping is an error (PyYAML would keep the last
+without a word). Numbers are read as YAML 1.2 writes them: ``1e-3`` is a float, not the string
 PyYAML's YAML 1.1 rules make of it.
 
 Each layer of a run config has a ``Source`` that turns a dotted key path into a place a person can
@@ -62,6 +63,32 @@ def _measure(node: yaml.Node) -> tuple[int, int]:
     return walk(node)
 
 
+_MERGE = "tag:yaml.org,2002:merge"
+
+
+def _repeated_key(node: yaml.Node) -> Optional[tuple[yaml.Node, yaml.Node]]:
+    """(first, second) writing of a key given twice in one mapping, or None. PyYAML keeps the
+    last value without a word; a run config given twice the same key is a mistake to show."""
+    seen: set[int] = set()
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        if isinstance(n, yaml.MappingNode):
+            keys: dict[str, yaml.Node] = {}
+            for k, v in n.value:
+                if isinstance(k, yaml.ScalarNode) and k.tag != _MERGE:
+                    if k.value in keys:
+                        return keys[k.value], k
+                    keys[k.value] = k
+                stack.append(v)
+        elif isinstance(n, yaml.SequenceNode):
+            stack.extend(n.value)
+    return None
+
+
 def load_yaml(text: str, where: str) -> Any:
     """The data of one YAML document, or a ``UsageError`` at ``where`` (with the line of a
     syntax error)."""
@@ -79,6 +106,12 @@ def load_yaml(text: str, where: str) -> Any:
         if size > MAX_NODES:
             raise usage_error(where, f"config expands to more than {MAX_NODES:,} values (YAML "
                                      f"aliases repeat what they point to)")
+        repeated = _repeated_key(node)
+        if repeated is not None:
+            first, second = repeated
+            raise usage_error(where, f"key '{second.value}' is given twice (first at line "
+                                     f"{first.start_mark.line + 1}); the last would silently win",
+                              line=second.start_mark.line + 1, column=second.start_mark.column + 1)
         return loader.construct_document(node)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
