@@ -195,6 +195,32 @@ def test_a_full_disk_is_one_line_naming_the_folder_and_the_size(tmp_path, monkey
     assert ck.latest_checkpoint(tmp_path) == first and not (tmp_path / "step_2").exists()
 
 
+def test_a_full_disk_as_the_safetensors_library_reports_it(tmp_path, monkeypatch):
+    from safetensors import SafetensorError
+
+    from mtl_dsl.runtime.failures import CheckpointWriteError
+
+    model = nn.Conv2d(3, 1024, 16)
+    first = _save(tmp_path / "step_1", model, 1)
+
+    def full(tensors, filename, metadata=None):  # the library's own words on a full disk
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(ck, "save_file", full)
+    with pytest.raises(CheckpointWriteError) as info:
+        _save(tmp_path / "step_2", model, 2)
+    assert str(info.value) == f"no space left on device while writing {tmp_path / 'step_2'} (4 MB needed)"
+    assert ck.latest_checkpoint(tmp_path) == first and not (tmp_path / "step_2").exists()
+    assert not list(tmp_path.glob(".step_2.tmp-*"))
+
+    def broken(tensors, filename, metadata=None):  # another library error stays what it is
+        raise SafetensorError("tensors share memory")
+
+    monkeypatch.setattr(ck, "save_file", broken)
+    with pytest.raises(SafetensorError, match="share memory"):
+        _save(tmp_path / "step_3", model, 3)
+
+
 def test_pruning_keeps_the_temporary_folder_of_a_live_writer(tmp_path):
     import os
     import subprocess

@@ -133,9 +133,9 @@ def _write_checkpoint(target: Path, model_state: dict[str, torch.Tensor],
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        save_file(_tensors_for_file(model_state), str(tmp / MODEL_FILE), metadata={"format": FORMAT})
+        _save_tensors(model_state, tmp / MODEL_FILE)
         _fsync_file(tmp / MODEL_FILE)
-        save_file(_tensors_for_file(state_tensors), str(tmp / STATE_FILE), metadata={"format": FORMAT})
+        _save_tensors(state_tensors, tmp / STATE_FILE)
         _fsync_file(tmp / STATE_FILE)
         meta = dict(meta, format=FORMAT)
         with open(tmp / META_FILE, "w", encoding="utf-8") as f:
@@ -157,6 +157,19 @@ def _write_checkpoint(target: Path, model_state: dict[str, torch.Tensor],
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """``safetensors.torch.save_file``, whose failures to write (a full disk) come back as the
+    ``OSError`` they are: the library reports them as ``SafetensorError("... I/O error: No space
+    left on device (os error 28)")``."""
+    try:
+        save_file(_tensors_for_file(tensors), str(path), metadata={"format": FORMAT})
+    except SafetensorError as exc:
+        code = re.search(r"\(os error (\d+)\)", str(exc))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), f"{os.strerror(int(code.group(1)))}: {path}") from exc
 
 
 def _json_default(value: Any):
