@@ -29,6 +29,9 @@ def test_the_judge_flags_a_traceback_a_wrong_exit_and_a_made_up_position(campaig
     verdict = campaign.Verdict()
     campaign.judge_error(verdict, campaign.Done(2, "", "f.pth:1:1: error: bad\n"), 2, "bad")
     assert verdict.problems == ["a made-up position 1:1 outside a spec"]
+    verdict = campaign.Verdict()  # a position in a quoted flag value is a real one
+    campaign.judge_error(verdict, campaign.Done(2, "", "--set:1:1: error: bad\n    1 | x=1\n      | ^\n"), 2)
+    assert verdict.problems == []
     verdict = campaign.Verdict()
     campaign.judge_error(verdict, campaign.Done(2, "", "--set a=b: error: bad\n"), 2, "--set a=b")
     assert verdict.problems == [] and verdict.facts == ["--set a=b: error: bad"]
