@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -219,6 +220,40 @@ def test_a_full_disk_as_the_safetensors_library_reports_it(tmp_path, monkeypatch
     monkeypatch.setattr(ck, "save_file", broken)
     with pytest.raises(SafetensorError, match="share memory"):
         _save(tmp_path / "step_3", model, 3)
+
+
+def test_a_checkpoint_pruned_by_a_live_run_while_it_is_read_is_chosen_again(tmp_path, monkeypatch):
+    import shutil
+
+    model = _model()
+    for step in (1, 2):
+        _save(tmp_path / f"step_{step}", model, step)
+    real, seen = ck.load_checkpoint, []
+
+    def meanwhile_the_run_goes_on(path, with_state=True):
+        seen.append(Path(path).name)
+        if len(seen) == 1:  # the run writes step 3 and prunes step 2 before it is read
+            _save(tmp_path / "step_3", model, 3)
+            shutil.rmtree(tmp_path / "step_2")
+        return real(path, with_state)
+
+    monkeypatch.setattr(ck, "load_checkpoint", meanwhile_the_run_goes_on)
+    skipped = []
+    loaded = ck.load_newest(tmp_path, skipped)
+    assert seen == ["step_2", "step_3"] and loaded.path == tmp_path / "step_3" and skipped == []
+    (tmp_path / "step_4").mkdir()  # written and step_3 pruned while the model is being built:
+    shutil.copytree(tmp_path / "step_3", tmp_path / "step_4", dirs_exist_ok=True)
+    shutil.rmtree(tmp_path / "step_3")
+    fresh = _model()
+    ck.load_model_weights(fresh, loaded)  # from memory, not from the folder
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in fresh.state_dict().items())
+    shutil.rmtree(tmp_path / "step_4")
+    _save(tmp_path / "step_3", model, 3)
+    (tmp_path / "step_3" / "model.safetensors").write_bytes(b"\x00torn")  # the newest is broken:
+    loaded = ck.load_newest(tmp_path, skipped)  # skipped and said, as before
+    assert loaded.path == tmp_path / "step_1" and [p.name for p, _ in skipped] == ["step_3"]
+    with pytest.raises(UsageError, match="corrupt checkpoint file"):  # a folder named itself
+        ck.load_newest(tmp_path / "step_3")
 
 
 def test_pruning_keeps_the_temporary_folder_of_a_live_writer(tmp_path):

@@ -266,6 +266,29 @@ def load_checkpoint(path: str | Path, with_state: bool = True) -> LoadedCheckpoi
     return LoadedCheckpoint(path=path, meta=meta, model_state=model_state, state_tensors=state)
 
 
+def load_newest(path: str | Path, skipped: list | None = None, with_state: bool = True,
+                attempts: int = 5) -> LoadedCheckpoint:
+    """``load_checkpoint(resolve_checkpoint(path, skipped))``, for a run folder that a live run
+    may be writing: its pruning can delete the checkpoint chosen here before it is read (``eval``
+    of a run in progress). Then the newest usable checkpoint is chosen again; an error of a
+    checkpoint that is still the newest is the user's to see."""
+    path = Path(path)
+    for _ in range(attempts):
+        passed: list = []
+        chosen = resolve_checkpoint(path, passed)
+        try:
+            loaded = load_checkpoint(chosen, with_state=with_state)
+        except (SpecError, OSError):
+            if chosen == path or newest_usable(path)[0] == chosen:
+                raise
+            continue
+        if skipped is not None:
+            skipped.extend(passed)
+        return loaded
+    raise usage_error(str(path), f"the checkpoints in {path} changed {attempts} times while being "
+                                 f"read (a run is writing them); try again")
+
+
 def _step_of(path: Path) -> int:
     """The step of a checkpoint folder: from its meta.json, else from its name (step_00000100)."""
     try:
@@ -364,10 +387,14 @@ def _listing(items: list[str], limit: int = 8) -> str:
     return text + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
-def check_matches(model: torch.nn.Module, checkpoint_path: str | Path) -> None:
-    """Raise ``SpecError`` listing the differing keys if the checkpoint is not this model's graph."""
+def check_matches(model: torch.nn.Module, checkpoint_path: str | Path,
+                  found: dict[str, tuple[int, ...]] | None = None) -> None:
+    """Raise ``SpecError`` listing the differing keys if the checkpoint is not this model's graph.
+    ``found``: the checkpoint's tensor shapes when they are in memory already (else read from
+    the file's header)."""
     checkpoint_path = Path(checkpoint_path)
-    found = read_shapes(checkpoint_path / MODEL_FILE)
+    if found is None:
+        found = read_shapes(checkpoint_path / MODEL_FILE)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing, unexpected, shape = state_differences(expected, found)
     if not (missing or unexpected or shape):
@@ -384,7 +411,8 @@ def check_matches(model: torch.nn.Module, checkpoint_path: str | Path) -> None:
 
 
 def load_model_weights(model: torch.nn.Module, checkpoint: LoadedCheckpoint) -> None:
-    check_matches(model, checkpoint.path)
+    # The tensors are in memory: the folder may be gone by now (pruned by the run writing it).
+    check_matches(model, checkpoint.path, {k: tuple(v.shape) for k, v in checkpoint.model_state.items()})
     model.load_state_dict(checkpoint.model_state, strict=True)
 
 

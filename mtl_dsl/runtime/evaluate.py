@@ -86,14 +86,15 @@ def load_trained_model(spec: Any, checkpoint: str | Path, config: RunConfig | No
                        skipped: list | None = None, check_paths: bool = True):
     """(model with the checkpoint's weights, run config, checkpoint) — refuses a graph mismatch.
 
-    ``checkpoint`` is a checkpoint folder or a run folder (its newest usable checkpoint; the
-    corrupt newer ones are appended to ``skipped``). Without ``config``, the run config stored
+    ``checkpoint`` is a checkpoint folder or a run folder (its newest usable checkpoint, chosen
+    again if a live run prunes it while it is read; the corrupt newer ones are appended to
+    ``skipped``). Without ``config``, the run config stored
     in the checkpoint (its dataset folder checked only with ``check_paths``)."""
     from ..api import build_model
-    from .checkpoints import META_FILE, load_checkpoint, load_model_weights, resolve_checkpoint
+    from .checkpoints import META_FILE, load_model_weights, load_newest
     from .config import load_config
 
-    loaded = load_checkpoint(resolve_checkpoint(checkpoint, skipped), with_state=False)
+    loaded = load_newest(checkpoint, skipped, with_state=False)
     if config is None:
         config = load_config(base=(loaded.meta.get("run_config") or {}, str(loaded.path / META_FILE)),
                              check_paths=check_paths)
