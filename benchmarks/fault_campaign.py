@@ -305,7 +305,8 @@ def _kill_then_resume(ctx: Context, v: Verdict, name: str, plain: bool, resume_p
     killed = run.finish()
     v.need(reached, f"never reached {after!r}: {killed.err_lines()[-1:]}")
     v.need(killed.rc == -signal.SIGKILL, f"exit {killed.rc} after kill -9")
-    v.need(reap(ctx.token) == 0, "processes outlived the killed run")
+    left = reap(ctx.token)
+    v.need(left == 0, f"{left} processes outlived the killed run by 20 s: {LEFT_BEHIND[-left:]}")
     done = ctx.train(name, STEPS, "--resume", plain=resume_plain)
     judge_ok(v, done, "resumed from step")
     ok, text = same_state(step_dir(ctx.runs / name, STEPS), step_dir(ctx.reference(), STEPS))
@@ -1220,6 +1221,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=None, metavar="PATTERN", help="cases whose group or name match")
     parser.add_argument("--keep", default=None, metavar="DIR", help="work in DIR and keep it")
     args = parser.parse_args(argv)
+    # A shell starts a background job with SIGINT ignored, and a child inherits that: the cases
+    # that press Ctrl-C need it to reach the command line's process as it does from a terminal.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     chosen = [c for c in CASES if args.only is None or re.search(args.only, f"{c.group} {c.name}")]
     if args.list:
         for c in chosen:
