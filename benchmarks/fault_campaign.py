@@ -787,8 +787,8 @@ def _(ctx, v):
 
 @case("bad configs", "empty-task-list", "tasks: [] is an error, not the default tasks")
 def _(ctx, v):
-    path = ctx.file("j.yaml", "tasks: []\n")
-    judge_error(v, ctx.cli(*_plain_train("--config", str(path))), 2, "task list is empty")
+    path = ctx.file("j.yaml", "# the tasks\ntasks: []\n")
+    judge_error(v, ctx.cli(*_plain_train("--config", str(path))), 2, f"{path}:2:1:", "task list is empty")
 
 
 @case("bad configs", "min-lr-above-lr", "schedule.min_lr at or above the learning rate")
@@ -803,7 +803,7 @@ def _(ctx, v):
 
 @case("bad configs", "preset-key-in-config", "'preset:' in a run config points to 'recipe:' and model.preset")
 def _(ctx, v):
-    _bad_config(ctx, v, "l.yaml", "preset: demt\n", "recipe: NAME", "model.preset")
+    _bad_config(ctx, v, "l.yaml", "# a recipe\npreset: demt\n", ":2:1:", "recipe: NAME", "model.preset")
 
 
 # --- bad --set and flags -----------------------------------------------------------------------------

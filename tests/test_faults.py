@@ -152,6 +152,31 @@ def test_disk_full_while_checkpointing_says_so_in_one_line_and_exits_1(tmp_path,
     assert sorted(p.name for p in (tmp_path / "full").iterdir() if p.name.startswith("step")) == ["step_00000001"]
 
 
+def test_a_full_disk_met_by_ray_trains_copy_is_the_same_one_line(tmp_path):
+    """On the Ray path, Ray Train (pyarrow) copies a checkpoint into the run folder; a full disk
+    there failed the run with pyarrow's words and left a torn step folder."""
+    from mtl_dsl.runtime.launch import disk_full_error
+    from mtl_dsl.runtime.session import disk_full
+
+    result = run_training(TinyNet, _config(tmp_path, "ray-full", iterations=2, checkpoint_interval=2),
+                          plain=True, progress=_quiet)
+    whole = result.run_dir / "step_00000002"
+    torn = result.run_dir / "step_00000004"
+    torn.mkdir()
+    shutil.copy(whole / "optimizer.safetensors", torn / "optimizer.safetensors")
+    (torn / "model.safetensors").write_bytes(b"")
+    (torn / "meta.json").write_bytes(b"")
+    pyarrow = OSError("[Errno 28] Error writing bytes to file. Detail: [errno 28] No space left on device")
+    assert disk_full(pyarrow) and disk_full(RuntimeError(f"worker failed: {pyarrow}"))
+    assert disk_full(OSError(errno.ENOSPC, "x")) and not disk_full(OSError(errno.EACCES, "denied"))
+    size = sum(f.stat().st_size for f in whole.iterdir())
+    error = disk_full_error(result.run_dir, RuntimeError(f"Training failed: {pyarrow}"))
+    assert str(error) == (f"no space left on device while writing {torn} "
+                          f"({-(-size // 2**20)} MB needed)")
+    assert not torn.exists() and whole.exists()
+    assert disk_full_error(result.run_dir, RuntimeError("worker died")) is None
+
+
 # --- unreadable data ----------------------------------------------------------------------------------
 
 def _nyud_config(tmp_path: Path, name: str, **dataset):

@@ -373,12 +373,14 @@ def _train_with_ray(job: dict, cfg: RunConfig, run_name: str, storage: Path, ver
             try:
                 result = _fit_interruptibly(trainer)
             except ray.train.TrainingFailedError as exc:
-                raise TrainingError(f"training failed: {_root_cause(exc)}") from None
+                raise disk_full_error(Path(job["run_dir"]), exc) or \
+                    TrainingError(f"training failed: {_root_cause(exc)}") from None
             except KeyboardInterrupt:
                 started_here = True  # only disconnecting the driver ends the run's actors
                 raise
         if result.error is not None:
-            raise TrainingError(f"training failed: {_root_cause(result.error)}")
+            raise disk_full_error(Path(job["run_dir"]), result.error) or \
+                TrainingError(f"training failed: {_root_cause(result.error)}")
         errors = recorder.of("error")
         if errors and errors[-1].get("diagnostics"):
             raise SpecError([Diagnostic(**dict(d, notes=tuple(d.get("notes", ()))))
@@ -417,6 +419,27 @@ def _fit_interruptibly(trainer):
     if "error" in box:
         raise box["error"]
     return box["result"]
+
+
+def disk_full_error(run_dir: Path, exc: BaseException) -> Optional[CheckpointWriteError]:
+    """A Ray Train run that failed on a full disk outside the worker's own checks (Ray Train
+    copying a checkpoint into the run folder, or writing its own state there), as the one-line
+    error a plain run gives; the torn checkpoint folder it leaves is removed. None for any other
+    failure."""
+    from .checkpoints import checkpoint_problem, list_checkpoints
+    from .session import disk_full
+
+    if not disk_full(exc):
+        return None
+    steps = sorted(run_dir.glob("step_*"))
+    torn = [p for p in steps if checkpoint_problem(p) is not None]
+    whole = [p for p in list_checkpoints(run_dir) if p not in torn]
+    size = max((sum(f.stat().st_size for f in p.iterdir()) for p in whole), default=0)
+    for path in torn:
+        shutil.rmtree(path, ignore_errors=True)
+    where = torn[-1] if torn else run_dir
+    needed = f"{max(1, -(-size // 2**20))} MB needed" if size else "the size of a checkpoint needed"
+    return CheckpointWriteError(f"no space left on device while writing {where} ({needed})")
 
 
 def _root_cause(exc: BaseException) -> str:

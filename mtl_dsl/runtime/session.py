@@ -63,6 +63,15 @@ class PlainSession:
         pass
 
 
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` is a full disk (or quota), also when a library reports it in its own words
+    (pyarrow: "[Errno 28] Error writing bytes to file"; Ray may wrap that)."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc)
+    return "No space left on device" in text or "[Errno 28]" in text or "errno 28" in text
+
+
 class RaySession:
     def __init__(self, run_dir: Path, queue, resume_path: Optional[str]):
         import ray.train
@@ -116,10 +125,11 @@ class RaySession:
             try:
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint)),
                                  checkpoint_dir_name=checkpoint.name)
-            except OSError as exc:  # copying it into the run folder
-                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            except Exception as exc:  # copying it into the run folder (pyarrow, maybe wrapped by Ray)
+                if not disk_full(exc):
                     raise
                 size = sum(f.stat().st_size for f in checkpoint.iterdir())
+                shutil.rmtree(self.persisted(checkpoint), ignore_errors=True)  # the torn copy
                 raise CheckpointWriteError(f"no space left on device while writing "
                                            f"{self.persisted(checkpoint)} "
                                            f"({max(1, -(-size // 2**20))} MB needed)") from None
