@@ -28,6 +28,7 @@ COMMANDS = (
     "mtl_dsl.runtime.commands",  # train, search, eval, predict
     "mtl_dsl.weights.commands",  # convert
     "mtl_dsl.cli.tune",          # tune
+    "mtl_dsl.export.command",    # export
 )
 
 DESCRIPTION = ("Check, compile, render, train, evaluate and run multi-task dense-prediction\n"
@@ -38,6 +39,8 @@ examples:
   mtl-dsl compile demt --preset hrnet18        build it and print its nodes, parameters, MACs
   mtl-dsl train baseline_mt                    train on the built-in synthetic scenes
   mtl-dsl tune baseline_mt --search dim=[16,32] sweep a parameter with Ray Tune
+  mtl-dsl export baseline_mt --checkpoint runs/baseline_mt-synthetic -o model.onnx
+                                               the trained model as ONNX, checked against PyTorch
   mtl-dsl COMMAND --help                       the options of one command
 
 SPEC is a .mtl file or the name of a built-in spec (baseline_mt, demt, tpanet, invpt, atrc, ...).

@@ -95,7 +95,10 @@ def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: i
     pad = window // 2
     k_pad = F.pad(k, (pad, pad, pad, pad))
     v_pad = F.pad(v, (pad, pad, pad, pad))
-    rows = max(1, chunk_elements // max(1, b * c * window * window * w))
+    # While exporting (torch.export, ONNX) the batch size is symbolic: chunk as for one image, so
+    # the number of chunks is a constant of the graph.
+    per_chunk = (1 if torch.compiler.is_exporting() else b) * c * window * window * w
+    rows = max(1, chunk_elements // max(1, per_chunk))
     scale = 1.0 / math.sqrt(c)
     use_checkpoint = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad
                                                   or v.requires_grad)
