@@ -113,21 +113,21 @@ def _from_checkpoint(args: argparse.Namespace):
     from ..errors import simple_error
     from ..runtime.checkpoints import load_checkpoint, load_model_weights
 
-    kwargs = spec_kwargs(args)
+    flags = spec_kwargs(args)
     loaded = load_checkpoint(args.checkpoint, with_state=False)
+    kwargs = dict(flags)
     stored = loaded.meta.get("run_config")
-    if stored is not None:
+    if stored is not None:  # what the run was trained as; a flag given overrides its part
         from ..runtime.config import RunConfig
 
         try:
-            config = RunConfig.model_validate(stored)
+            trained = RunConfig.model_validate(stored).model_arguments()
         except ValueError as exc:
             raise simple_error(str(loaded.path / "meta.json"),
                                f"run config in checkpoint is invalid: {exc}") from None
-        kwargs["tasks"] = kwargs["tasks"] or config.tasks_text()
-        kwargs["input_size"] = kwargs["input_size"] or config.input_size()
-        kwargs["preset"] = kwargs["preset"] or config.model.preset
-        kwargs["overrides"] = {**config.model.overrides, **kwargs["overrides"]}
+        for key in ("tasks", "input_size", "preset"):
+            kwargs[key] = flags[key] if flags[key] is not None else trained[key]
+        kwargs["overrides"] = {**(trained["overrides"] or {}), **flags["overrides"]}
     model = compile_model(args.spec, **kwargs)
     load_model_weights(model, loaded)
     return model, str(loaded.path)

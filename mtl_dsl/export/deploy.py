@@ -22,6 +22,7 @@ from torch import nn
 from ..tasks import IMAGENET_MEAN, IMAGENET_STD
 
 INPUT_NAME = "images"
+BATCH = "batch"  # the name of a dynamic batch dimension
 FINAL = "final"
 
 # What each task's final prediction holds (the same reading as `mtl-dsl predict`).

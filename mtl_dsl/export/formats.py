@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 
 from ..errors import simple_error
-from .deploy import INPUT_NAME
+from .deploy import BATCH, INPUT_NAME
 from .locate import model_error, node_error, node_of_fx_frames, node_of_program, onnx_failure
 
 OPSET = 20  # DeformConv needs 19; from 20 GELU is one operator
@@ -45,13 +45,16 @@ def require_onnx() -> None:
 
 
 def write_onnx(program, example: torch.Tensor, path: Path, output_names: list[str],
-               description: dict, model) -> list[Path]:
+               description: dict, model, dynamic_batch: bool) -> list[Path]:
     require_onnx()
+    # The program's batch symbol (s0, s34, ...) is named `batch` in the file.
+    dynamic = ({0: BATCH},) if dynamic_batch else None
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # the exporter's progress lines
             onnx_program = torch.onnx.export(
                 program, (example,), dynamo=True, input_names=[INPUT_NAME],
-                output_names=output_names, opset_version=OPSET, optimize=True, verbose=False)
+                output_names=output_names, opset_version=OPSET, optimize=True, verbose=False,
+                dynamic_shapes=dynamic)
     except Exception as exc:  # noqa: BLE001 - every failure is told as the node behind it
         graph_node, op, why = onnx_failure(exc)
         node = node_of_fx_frames(exc, model) or node_of_program(program, graph_node, op, model)
@@ -90,7 +93,7 @@ def onnx_runtime_name() -> str:
 
 
 def write_pt2(program, example: torch.Tensor, path: Path, output_names: list[str],
-              description: dict, model) -> list[Path]:
+              description: dict, model, dynamic_batch: bool) -> list[Path]:
     torch.export.save(program, str(path), extra_files={f"{METADATA_KEY}.json":
                                                        json.dumps(description)})
     return [path]

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .deploy import INPUT_NAME, OutputInfo
+from .deploy import BATCH, INPUT_NAME, OutputInfo
 
 FORMAT = "mtl-dsl-export/1"
 
@@ -21,7 +21,7 @@ def describe(model, outputs: list[OutputInfo], *, file_format: str, title: str,
 
     ir = model.ir
     h, w = model.input_size
-    batch: int | str = "batch" if dynamic_batch else 1
+    batch: int | str = BATCH if dynamic_batch else 1
     normalization = {"inside_graph": normalize, "mean": [round(float(v), 6) for v in IMAGENET_MEAN],
                      "std": [round(float(v), 6) for v in IMAGENET_STD]}
     if normalize:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from .deploy import BATCH
 from .locate import blocker, model_error, node_error, node_of_traceback, trace_reason
 
 MAX_BATCH = 4096
@@ -25,7 +26,7 @@ def trace(deploy: torch.nn.Module, model, example: torch.Tensor, dynamic_batch: 
         raise error
     dynamic = None
     if dynamic_batch:
-        dynamic = ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},)
+        dynamic = ({0: torch.export.Dim(BATCH, min=1, max=MAX_BATCH)},)
     try:
         with torch.no_grad():
             return torch.export.export(deploy, (example,), dynamic_shapes=dynamic)

@@ -71,7 +71,7 @@ def export_model(model, path: str | Path, options: ExportOptions) -> ExportResul
                            dynamic_batch=options.dynamic_batch, fp16=options.fp16,
                            normalize=options.normalize, weights=options.weights)
     path.parent.mkdir(parents=True, exist_ok=True)
-    files = fmt.write(program, example, path, names, description, model)
+    files = fmt.write(program, example, path, names, description, model, options.dynamic_batch)
     seconds = time.perf_counter() - started
     batches = CHECK_BATCHES_DYNAMIC if options.dynamic_batch else (1,)
     differences = compare(reference, fmt.runner(path), names, batches, size, options.normalize,

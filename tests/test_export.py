@@ -1,0 +1,256 @@
+"""Export to ONNX and torch.export: every reference spec's file, run again by ONNX Runtime or
+``torch.export.load``, equals the eager model (1e-4 / 1e-5 abs; 1e-2 in float16) at batch 1 and 3;
+ONNX Runtime's DeformConv is torchvision's; nodes that cannot be exported are named."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mtl_dsl.api import compile_model
+from mtl_dsl.errors import SpecError
+from mtl_dsl.export import ExportOptions, export_model
+from mtl_dsl.modules.atrc import LocalContext
+from mtl_dsl.tasks import IMAGENET_MEAN, IMAGENET_STD
+
+R18 = {"backbone": "resnet18"}
+# Small backbones and inputs; non-square inputs so that a swapped H and W shows.
+CASES = {
+    "baseline_mt": dict(spec="baseline_mt", tasks="semseg:3,depth", size=(32, 48), overrides=R18),
+    "demt": dict(spec="demt", tasks="semseg:3,depth", size=(32, 40),
+                 overrides={**R18, "dim": 16}),
+    "tpanet": dict(spec="tpanet", tasks="semseg:3,depth", size=(32, 40),
+                   overrides={**R18, "dim": 12}),
+    # normals and edge: the genotype's T-label, S-label and global contexts all occur among them
+    "atrc_nyud_hrnet18": dict(spec="atrc_nyud_hrnet18", tasks="normals,edge", size=(32, 40),
+                              overrides={**R18, "dim": 16}),
+    "atrc_local": dict(spec="atrc", preset="local", tasks="semseg:3,depth", size=(40, 48),
+                       overrides={**R18, "dim": 16}),
+    "invpt": dict(spec="invpt", tasks="semseg:5,depth", size=(64, 96),
+                  overrides={"backbone": "test_vit", "levels": [2, 4, 6], "width": 32,
+                             "pred_width": 16}),
+}
+EXPECTED_OUTPUTS = {  # with --with-aux, in task order
+    "baseline_mt": ["semseg", "depth"],
+    "demt": ["semseg", "depth"],
+    "tpanet": ["semseg", "depth"],
+    "atrc_nyud_hrnet18": ["normals", "normals.aux", "edge", "edge.aux"],
+    "atrc_local": ["semseg", "depth"],
+    "invpt": ["semseg", "semseg.inter", "depth", "depth.inter"],
+}
+BOUND = {"onnx": 1e-4, "pt2": 1e-5}
+# Operators the ONNX file must hold: DeMT's deformable convolution is ONNX's own DeformConv (which
+# ONNX Runtime runs), one per task's deformable mixer, not a decomposition.
+ONNX_OPERATORS = {"demt": {"DeformConv": 2, "GridSample": 0}}
+
+
+def perturb_norms(model: torch.nn.Module, seed: int = 0) -> None:
+    """Running statistics and affine parameters away from 0/1, so that folding BatchNorm into the
+    convolutions (as ONNX Runtime does) is exercised for real."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(0.1 * torch.randn(n, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(n, generator=g))
+                if m.affine:
+                    m.weight.copy_(0.5 + torch.rand(n, generator=g))
+                    m.bias.copy_(0.1 * torch.randn(n, generator=g))
+
+
+_MODELS: dict[str, torch.nn.Module] = {}
+
+
+def small_model(case: str) -> torch.nn.Module:
+    if case not in _MODELS:
+        c = CASES[case]
+        torch.manual_seed(0)
+        model = compile_model(c["spec"], tasks=c["tasks"], input_size=c["size"],
+                              overrides=c["overrides"], preset=c.get("preset"))
+        perturb_norms(model)
+        if case == "atrc_local":  # several row chunks, as at real sizes
+            for m in model.modules():
+                if isinstance(m, LocalContext):
+                    m.chunk_elements = 8 * 81 * 12 * 3
+        _MODELS[case] = model.eval()
+    return _MODELS[case]
+
+
+def eager(model, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The compiled model on normalised images, outputs named as the exported file names them."""
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        out = model((images - mean) / std)
+    return {(t if k == "final" else f"{t}.{k}"): v for t, o in out.items() for k, v in o.items()}
+
+
+def run_file(fmt: str, path, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The written file, read back by its own runtime."""
+    if fmt == "onnx":
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        arrays = session.run(None, {"images": images.numpy()})
+        return {o.name: torch.from_numpy(a) for o, a in zip(session.get_outputs(), arrays)}
+    module = torch.export.load(str(path)).module()
+    with torch.no_grad():
+        return dict(module(images))
+
+
+# -- every reference spec, both formats, a dynamic batch --------------------------------------------
+
+@pytest.mark.parametrize("fmt", ["onnx", "pt2"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_exported_file_equals_eager_pytorch_at_batch_1_and_3(case, fmt, tmp_path):
+    model = small_model(case)
+    path = tmp_path / f"model.{fmt}"
+    result = export_model(model, path, ExportOptions(format=fmt, dynamic_batch=True,
+                                                     with_aux=True))
+    assert [o.name for o in result.outputs] == EXPECTED_OUTPUTS[case]
+    assert result.ok and sorted({d.batch for d in result.differences}) == [1, 3]
+    h, w = CASES[case]["size"]
+    if fmt == "onnx":
+        inputs, outputs = onnx_interface(path)
+        assert inputs == [("images", ["batch", 3, h, w])]
+        assert [(n, s[0], s[2:]) for n, s in outputs] == [
+            (n, "batch", [h, w]) for n in EXPECTED_OUTPUTS[case]]
+        ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+        for op, count in ONNX_OPERATORS.get(case, {}).items():
+            assert ops.count(op) == count, op
+    for batch in (1, 3):
+        images = torch.rand(batch, 3, h, w, generator=torch.Generator().manual_seed(batch))
+        expected, got = eager(model, images), run_file(fmt, path, images)
+        assert list(got) == EXPECTED_OUTPUTS[case]
+        for name, value in expected.items():
+            assert got[name].shape == value.shape == (batch, value.shape[1], h, w)
+            assert got[name].dtype == torch.float32
+            assert float((got[name] - value).abs().max()) <= BOUND[fmt], name
+
+
+def onnx_interface(path) -> tuple[list, list]:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return ([(i.name, i.shape) for i in session.get_inputs()],
+            [(o.name, o.shape) for o in session.get_outputs()])
+
+
+def test_static_export_has_batch_1(tmp_path):
+    model = small_model("baseline_mt")
+    result = export_model(model, tmp_path / "m.pt2", ExportOptions(format="pt2"))
+    assert [d.batch for d in result.differences] == [1, 1]
+    module = torch.export.load(str(tmp_path / "m.pt2")).module()
+    assert dict(module(torch.rand(1, 3, 32, 48)))["semseg"].shape == (1, 3, 32, 48)
+    with pytest.raises(Exception, match="(?i)size|shape|dim"):
+        module(torch.rand(2, 3, 32, 48))
+
+
+# -- float16 ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt", ["onnx", "pt2"])
+def test_fp16_export_computes_in_half_and_stays_within_1e_2(fmt, tmp_path):
+    model = small_model("demt")  # deformable convolution in float16 too
+    path = tmp_path / f"half.{fmt}"
+    result = export_model(model, path, ExportOptions(format=fmt, fp16=True, dynamic_batch=True))
+    assert result.ok
+    if fmt == "onnx":
+        weights = onnx.load(str(path)).graph.initializer
+        kinds = {w.data_type for w in weights if len(w.dims) == 4 and w.dims[0] > 1}  # conv weights
+        assert kinds == {onnx.TensorProto.FLOAT16}
+    else:
+        program = torch.export.load(str(path))
+        assert {p.dtype for p in program.state_dict.values() if p.dim() == 4} == {torch.float16}
+        assert program.module().mean.dtype == torch.float32  # the normalisation stays float32
+    images = torch.rand(3, 3, 32, 40, generator=torch.Generator().manual_seed(7))
+    expected, got = eager(model, images), run_file(fmt, path, images)
+    diffs = [float((got[n] - v).abs().max()) for n, v in expected.items()]
+    assert all(got[n].dtype == torch.float32 for n in got)
+    assert max(diffs) <= 1e-2
+    assert max(diffs) > 1e-6  # the computation did change precision
+
+
+# -- the input normalisation ------------------------------------------------------------------------
+
+def test_normalisation_inside_the_graph_or_left_to_the_caller(tmp_path):
+    model = small_model("baseline_mt")
+    inside, raw = tmp_path / "inside.pt2", tmp_path / "raw.pt2"
+    export_model(model, inside, ExportOptions(format="pt2"))
+    export_model(model, raw, ExportOptions(format="pt2", normalize=False))
+    images = torch.rand(1, 3, 32, 48)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    a = run_file("pt2", inside, images)
+    b = run_file("pt2", raw, (images - mean) / std)
+    assert all(torch.allclose(a[n], b[n], atol=1e-6) for n in a)
+    assert not torch.allclose(run_file("pt2", raw, images)["semseg"], a["semseg"], atol=1e-3)
+    described = json.loads((tmp_path / "raw.pt2.json").read_text())
+    assert described["input"]["normalization"]["inside_graph"] is False
+    assert described["input"]["normalization"]["mean"] == [0.485, 0.456, 0.406]
+
+
+def test_description_beside_and_inside_the_file(tmp_path):
+    model = small_model("atrc_nyud_hrnet18")
+    path = tmp_path / "atrc.pt2"
+    result = export_model(model, path, ExportOptions(format="pt2", dynamic_batch=True,
+                                                     with_aux=True))
+    beside = json.loads((tmp_path / "atrc.pt2.json").read_text())
+    assert result.sidecar == tmp_path / "atrc.pt2.json"
+    assert beside["input"] == {
+        "name": "images", "shape": ["batch", 3, 32, 40], "dtype": "float32", "layout": "NCHW, RGB",
+        "normalization": {"inside_graph": True, "mean": [0.485, 0.456, 0.406],
+                          "std": [0.229, 0.224, 0.225], "input_range": [0.0, 1.0],
+                          "applied": "(images - mean) / std, per channel, inside the graph"}}
+    assert [(o["name"], o["shape"][1]) for o in beside["outputs"]] == [
+        ("normals", 3), ("normals.aux", 40), ("edge", 1), ("edge.aux", 2)]
+    assert beside["params"]["dim"] == 16 and beside["model"] == "atrc_nyud_hrnet18"
+    assert len(beside["check"]["results"]) == 8 and all(r["ok"] for r in beside["check"]["results"])
+    extra = {"mtl_dsl.json": ""}
+    torch.export.load(str(path), extra_files=extra)
+    inside = json.loads(extra["mtl_dsl.json"])
+    assert inside["outputs"] == beside["outputs"] and inside["graph_hash"] == model.ir.graph_hash()
+
+
+# -- ONNX Runtime's DeformConv is torchvision's deform_conv2d ------------------------------------------
+
+def _deform_conv_session(cin: int, cout: int, kernel: int, offset_groups: int, size: tuple):
+    from onnx import TensorProto, helper
+
+    h, w = size
+    node = helper.make_node("DeformConv", ["X", "W", "offset", "B"], ["Y"],
+                            pads=[kernel // 2] * 4, offset_group=offset_groups)
+    graph = helper.make_graph(
+        [node], "deform",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, cin, h, w]),
+         helper.make_tensor_value_info("W", TensorProto.FLOAT, [cout, cin, kernel, kernel]),
+         helper.make_tensor_value_info("offset", TensorProto.FLOAT,
+                                       [1, 2 * offset_groups * kernel * kernel, h, w]),
+         helper.make_tensor_value_info("B", TensorProto.FLOAT, [cout])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+@settings(max_examples=25, deadline=None)
+@given(cin=st.integers(1, 6), kernel=st.sampled_from([1, 3]), h=st.integers(2, 9),
+       w=st.integers(2, 9), per_channel=st.booleans(), reach=st.floats(0.0, 12.0),
+       seed=st.integers(0, 2**16))
+def test_onnx_runtime_deform_conv_equals_torchvision(cin, kernel, h, w, per_channel, reach, seed):
+    """Fractional offsets, offsets far outside the map, one offset group per channel (DeMT) or
+    one for all: ONNX Runtime's DeformConv samples exactly as torchvision's deform_conv2d."""
+    from torchvision.ops import deform_conv2d
+
+    g = torch.Generator().manual_seed(seed)
+    groups = cin if per_channel else 1
+    x = torch.randn(1, cin, h, w, generator=g)
+    weight = torch.randn(3, cin, kernel, kernel, generator=g)
+    bias = torch.randn(3, generator=g)
+    offset = (torch.rand(1, 2 * groups * kernel * kernel, h, w, generator=g) * 2 - 1) * reach
+    expected = deform_conv2d(x, offset, weight, bias, padding=kernel // 2)
+    session = _deform_conv_session(cin, 3, kernel, groups, (h, w))
+    (got,) = session.run(None, {"X": x.numpy(), "W": weight.numpy(), "offset": offset.numpy(),
+                                "B": bias.numpy()})
+    assert np.abs(got - expected.numpy()).max() <= 1e-4
