@@ -120,3 +120,35 @@ def test_a_file_that_computes_otherwise_than_eager_fails_the_check(tmp_path):
     failed = {d.name: d.max_abs for d in result.differences if not d.ok}
     assert list(failed) == ["depth"] and failed["depth"] == pytest.approx(1.0, abs=1e-5)
     assert [d.ok for d in result.differences if d.name == "semseg"] == [True]
+
+
+def test_a_file_onnx_runtime_cannot_run_names_the_node_and_is_removed(tmp_path, monkeypatch):
+    """The written file holds an operator ONNX Runtime has no kernel for (here: the dense head's
+    ReLU moved to an operator set nobody implements)."""
+    import dataclasses
+
+    import onnx
+
+    from mtl_dsl.export.formats import FORMATS
+
+    real = FORMATS["onnx"]
+
+    def write_then_break(program, example, path, *rest):
+        files = real.write(program, example, path, *rest)
+        proto = onnx.load(str(path))
+        relu = next(n for n in proto.graph.node if n.op_type == "Relu" and any(
+            p.key == "pkg.torch.onnx.name_scopes" and "'model.out.depth'" in p.value
+            for p in n.metadata_props))
+        relu.domain = "mtl_dsl.test"
+        proto.opset_import.append(onnx.helper.make_opsetid("mtl_dsl.test", 1))
+        onnx.save(proto, str(path))
+        return files
+
+    monkeypatch.setitem(FORMATS, "onnx", dataclasses.replace(real, write=write_then_break))
+    with pytest.raises(SpecError) as error:
+        export_model(baseline(), tmp_path / "m.onnx", ExportOptions(format="onnx"))
+    d = only_diagnostic(error)
+    assert d.message.startswith("cannot export node 'out.depth' (dense_head) to ONNX "
+                                "(mtl_dsl.test.Relu): ONNX Runtime ")
+    assert "cannot run it" in d.message and "--format pt2" in d.hint
+    assert not (tmp_path / "m.onnx").exists()

@@ -23,7 +23,8 @@ import torch
 
 from ..errors import simple_error
 from .deploy import BATCH, INPUT_NAME
-from .locate import model_error, node_error, node_of_fx_frames, node_of_program, onnx_failure
+from .locate import (first_line, model_error, node_error, node_of_fx_frames,
+                     node_of_onnx_runtime_failure, node_of_program, onnx_failure)
 
 OPSET = 20  # DeformConv needs 19; from 20 GELU is one operator
 METADATA_KEY = "mtl_dsl"
@@ -68,22 +69,40 @@ def write_onnx(program, example: torch.Tensor, path: Path, output_names: list[st
     return [path] + ([data] if data.exists() else [])
 
 
-def onnx_runner(path: Path) -> Runner:
+def onnx_runner(path: Path, model) -> Runner:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own error types
+        raise onnx_runtime_error(path, exc, model) from None
     names = [o.name for o in session.get_outputs()]
     inputs = [i.name for i in session.get_inputs()]
     if inputs != [INPUT_NAME]:
         raise RuntimeError(f"{path} takes inputs {inputs}, expected ['{INPUT_NAME}']")
 
     def run(images: torch.Tensor) -> dict:
-        arrays = session.run(None, {INPUT_NAME: images.numpy()})
+        try:
+            arrays = session.run(None, {INPUT_NAME: images.numpy()})
+        except Exception as exc:  # noqa: BLE001
+            raise onnx_runtime_error(path, exc, model) from None
         return {n: torch.from_numpy(a) for n, a in zip(names, arrays)}
 
     return run
+
+
+def onnx_runtime_error(path: Path, exc: BaseException, model):
+    """ONNX Runtime cannot load or run the file: the spec node of the ONNX node it names."""
+    node, op = node_of_onnx_runtime_failure(path, exc, model)
+    why = f"{onnx_runtime_name()} cannot run it: {first_line(exc)}"
+    hint = (f"the file holds ONNX's {op}, which this runtime does not implement; `--format pt2` "
+            f"does not need it" if op else "")
+    stage = "to ONNX" + (f" ({op})" if op else "")
+    if node is not None:
+        return node_error(model, node, stage, why, hint)
+    return model_error(model, stage, why, hint)
 
 
 def onnx_runtime_name() -> str:
@@ -99,7 +118,7 @@ def write_pt2(program, example: torch.Tensor, path: Path, output_names: list[str
     return [path]
 
 
-def pt2_runner(path: Path) -> Runner:
+def pt2_runner(path: Path, model) -> Runner:
     module = torch.export.load(str(path)).module()
 
     def run(images: torch.Tensor) -> dict:
@@ -119,7 +138,7 @@ class Format:
     suffix: str
     title: str
     write: Callable[..., list[Path]]
-    runner: Callable[[Path], Runner]
+    runner: Callable[[Path, object], Runner]
     runtime: Callable[[], str]
     tolerance: float  # float32 max abs difference to eager PyTorch (times max(1, |output|))
 

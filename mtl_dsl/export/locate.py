@@ -9,8 +9,12 @@ that node's line:
   learnt weights at run time;
 * a failure while tracing: the outermost frame of the traceback whose ``self`` is a node's module
   (or the ``call_module`` target that torch.fx names in the message);
-* an operator the ONNX translator has no function for: the graph node it names, then that node's
-  ``nn_module_stack`` in the exported program.
+* a batch dimension that cannot stay symbolic (found by ``torch.export`` after tracing, with no
+  frame to point at): the first node whose module, exported alone, fails the same way;
+* an operator the ONNX translator has no function for: the torch.fx node it was translating, and
+  that node's ``nn_module_stack``;
+* an ONNX node that ONNX Runtime cannot load or run: the node its error names (by name, or by
+  operator), and the module path the exporter recorded in the node's metadata.
 """
 from __future__ import annotations
 
@@ -129,15 +133,61 @@ def node_of_fx_frames(exc: BaseException, model, prefix: str = "model.") -> str 
     return None
 
 
+def batch_specialising_node(model, example, batch_dim) -> str | None:
+    """The first node (in graph order) that cannot take a symbolic batch on its own.
+
+    A violated batch constraint is found by ``torch.export`` after tracing, from the guards, with
+    no frame left to point at; so each node's module is exported alone, on the inputs it received
+    from ``example``, with the batch dimension of every input symbolic. Run only after a failure.
+    """
+    import torch
+
+    received: dict[str, tuple] = {}
+    modules = {n.name: model.get_submodule(n.name) for n in model.ir.nodes}
+    hooks = [m.register_forward_pre_hook(lambda _, args, name=name: received.setdefault(name, args))
+             for name, m in modules.items()]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    batch = example.shape[0]
+
+    def dims(value):
+        if isinstance(value, torch.Tensor):
+            return {0: batch_dim} if value.dim() and value.shape[0] == batch else None
+        if isinstance(value, dict):
+            return {k: dims(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(dims(v) for v in value)
+        return None
+
+    for node in model.ir.nodes:
+        args = received.get(node.name)
+        if args is None:
+            continue
+        try:
+            with torch.no_grad():
+                torch.export.export(modules[node.name], args, dynamic_shapes=dims(args))
+        except Exception as exc:  # noqa: BLE001 - only the kind of failure is looked at
+            if "batch size" in trace_reason(exc)[0]:
+                return node.name
+    return None
+
+
 def user_frame(exc: BaseException) -> str:
-    """``file:line`` of the innermost frame outside torch (the code that asked for the trouble)."""
+    """``file:line`` of the innermost frame outside torch and this package (the code that asked
+    for the trouble)."""
+    here = Path(__file__).resolve().parent
     last = ""
     for e in chain(exc):
         tb = e.__traceback__
         while tb is not None:
             code = tb.tb_frame.f_code
-            parts = Path(code.co_filename).parts
-            if "torch" not in parts and "onnxscript" not in parts and "_export" not in parts:
+            path = Path(code.co_filename)
+            if not ({"torch", "onnxscript", "_export"} & set(path.parts)
+                    or path.resolve().parent == here):
                 last = f"{Path(code.co_filename).name}:{tb.tb_lineno} in {code.co_name}"
             tb = tb.tb_next
         if last:
@@ -149,6 +199,44 @@ def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     line = text.split("\n", 1)[0].strip() if text else type(exc).__name__
     return re.sub(r"\x1b\[[0-9;]*m", "", line)
+
+
+def node_of_onnx_runtime_failure(path: Path, exc: BaseException, model) -> tuple[str | None, str]:
+    """(spec node, ONNX operator) of the ONNX node that ONNX Runtime's error names, by its name
+    or else by its operator (``domain:Op(version)``): the exporter records each ONNX node's
+    module path in its ``pkg.torch.onnx.name_scopes``."""
+    import onnx
+
+    text = str(exc)
+    graph = onnx.load(str(path), load_external_data=False).graph
+
+    def named(n) -> bool:
+        return bool(n.name) and re.search(rf"(?<![\w.]){re.escape(n.name)}(?![\w.])", text)
+
+    def by_op(n) -> bool:
+        if n.domain:
+            return f"{n.domain}:{n.op_type}(" in text
+        return bool(re.search(rf"(?<![\w.:]){re.escape(n.op_type)}\(", text))
+
+    for match in (named, by_op):
+        for onnx_node in graph.node:
+            if match(onnx_node):
+                op = f"{onnx_node.domain + '.' if onnx_node.domain else ''}{onnx_node.op_type}"
+                return _scope_node(onnx_node, model), op
+    return None, ""
+
+
+def _scope_node(onnx_node, model) -> str | None:
+    import ast
+
+    nodes = {n.name for n in model.ir.nodes}
+    for prop in onnx_node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            for scope in reversed([str(s) for s in ast.literal_eval(prop.value)]):
+                name = scope.removeprefix("model.")
+                if name in nodes:
+                    return name
+    return None
 
 
 def trace_reason(exc: BaseException) -> tuple[str, str]:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 
 from .deploy import BATCH
-from .locate import blocker, model_error, node_error, node_of_traceback, trace_reason
+from .locate import (batch_specialising_node, blocker, model_error, node_error,
+                     node_of_traceback, trace_reason)
 
 MAX_BATCH = 4096
 
@@ -24,15 +25,16 @@ def trace(deploy: torch.nn.Module, model, example: torch.Tensor, dynamic_batch: 
     error = blocker(model)
     if error is not None:
         raise error
-    dynamic = None
-    if dynamic_batch:
-        dynamic = ({0: torch.export.Dim(BATCH, min=1, max=MAX_BATCH)},)
+    batch = torch.export.Dim(BATCH, min=1, max=MAX_BATCH)
+    dynamic = ({0: batch},) if dynamic_batch else None
     try:
         with torch.no_grad():
             return torch.export.export(deploy, (example,), dynamic_shapes=dynamic)
     except Exception as exc:  # noqa: BLE001 - every failure is told as the node behind it
         why, hint = trace_reason(exc)
         node = node_of_traceback(exc, model)
+        if node is None and dynamic_batch and "batch size" in why:
+            node = batch_specialising_node(model, example, batch)
         if node is not None:
             raise node_error(model, node, "with torch.export", why, hint) from None
         raise model_error(model, "with torch.export", why, hint) from None

@@ -74,8 +74,13 @@ def export_model(model, path: str | Path, options: ExportOptions) -> ExportResul
     files = fmt.write(program, example, path, names, description, model, options.dynamic_batch)
     seconds = time.perf_counter() - started
     batches = CHECK_BATCHES_DYNAMIC if options.dynamic_batch else (1,)
-    differences = compare(reference, fmt.runner(path), names, batches, size, options.normalize,
-                          options.atol())
+    try:
+        differences = compare(reference, fmt.runner(path, model), names, batches, size,
+                              options.normalize, options.atol())
+    except BaseException:  # a file its runtime cannot run is no deployment
+        for file in files:
+            file.unlink(missing_ok=True)
+        raise
     runtime = fmt.runtime()
     description["check"] = {
         "runtime": runtime, "reference": "eager PyTorch, float32",
