@@ -18,11 +18,12 @@ def python_blocks(path: Path) -> list[str]:
 
 def test_api_doc_has_the_examples_it_promises():
     blocks = python_blocks(DOCS / "api.md")
-    assert len(blocks) == 4
+    assert len(blocks) == 5
     assert any("MultiTaskCriterion" in b for b in blocks) and any("@register" in b for b in blocks)
+    assert any("export_model(" in b for b in blocks)
 
 
-@pytest.mark.parametrize("index", range(4))
+@pytest.mark.parametrize("index", range(5))
 def test_api_doc_example_runs(index):
     code = python_blocks(DOCS / "api.md")[index]
     before = set(REGISTRY)

@@ -167,7 +167,7 @@ def test_static_export_has_batch_1(tmp_path):
 
 # -- float16 ----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("fmt, case", [("onnx", "demt"), ("pt2", "baseline_mt")])
+@pytest.mark.parametrize("fmt, case", [*(("onnx", c) for c in CASES), ("pt2", "baseline_mt")])
 def test_fp16_export_computes_in_half_and_stays_within_1e_2(fmt, case, tmp_path):
     model = small_model(case)  # DeMT: ONNX Runtime's DeformConv in float16 too
     path = tmp_path / f"half.{fmt}"

@@ -64,16 +64,21 @@ def only_diagnostic(error: pytest.ExceptionInfo):
     return error.value.diagnostics[0]
 
 
-def test_control_flow_on_tensor_values_names_the_node(tmp_path):
+def test_control_flow_on_tensor_values_names_the_node(tmp_path, capfd):
+    model = baseline("out.depth", branch_on_values)
     with pytest.raises(SpecError) as error:
-        export_model(baseline("out.depth", branch_on_values), tmp_path / "m.pt2",
-                     ExportOptions(format="pt2"))
+        export_model(model, tmp_path / "m.pt2", ExportOptions(format="pt2"))
     d = only_diagnostic(error)
-    assert (d.file, d.line, d.column) == ("baseline_mt.mtl", 21, 14)
+    loc = model.ir.node("out.depth").loc
+    assert (d.file, d.line, d.column) == ("baseline_mt.mtl", loc.line, loc.column)
     assert "dense_head(x, task = t, width = dim)" in d.source_line
     assert d.message.startswith("cannot export node 'out.depth' (dense_head) with torch.export: ")
     assert "values inside a tensor" in d.message and "branch_on_values" in d.message
     assert not (tmp_path / "m.pt2").exists()
+    assert capfd.readouterr().err == ""  # torch.export's partial program is not printed...
+    with pytest.raises(SpecError):
+        export_model(model, tmp_path / "m.pt2", ExportOptions(format="pt2", verbose=True))
+    assert "def forward(" in capfd.readouterr().err  # ...unless asked for
 
 
 def test_batch_dependent_code_names_the_node_and_exports_with_a_fixed_batch(tmp_path):
@@ -92,7 +97,8 @@ def test_operator_without_onnx_translation_names_the_node_and_the_operator(tmp_p
     with pytest.raises(SpecError) as error:
         export_model(model, tmp_path / "m.onnx", ExportOptions(format="onnx"))
     d = only_diagnostic(error)
-    assert (d.file, d.line) == ("baseline_mt.mtl", 7)
+    assert (d.file, d.line) == ("baseline_mt.mtl", model.ir.node("x.upsample_concat").loc.line)
+    assert "upsample_concat(" in d.source_line
     assert d.message == ("cannot export node 'x.upsample_concat' (upsample_concat) to ONNX: ONNX "
                          "has no translation for the operator mtl_dsl_test.wiggle.default")
     assert not (tmp_path / "m.onnx").exists()

@@ -42,6 +42,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--tolerance", type=float, default=None, metavar="T",
                    help="max abs difference to eager PyTorch, times max(1, |output|) (default: "
                         "1e-4 onnx, 1e-5 pt2, 1e-2 with --fp16)")
+    p.add_argument("--verbose", action="store_true",
+                   help="show the exporters' own output (progress, warnings, partial programs)")
     p.set_defaults(func=cmd_export)
 
 
@@ -66,7 +68,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     options = ExportOptions(format=fmt, dynamic_batch=args.dynamic_batch, fp16=args.fp16,
                             with_aux=args.with_aux, normalize=not args.raw_input,
-                            tolerance=args.tolerance, weights=weights)
+                            tolerance=args.tolerance, weights=weights, verbose=args.verbose)
     result = export_model(model, path, options)
     print(_summary(model, result, options))
     print(format_table(result.differences))

@@ -12,8 +12,6 @@ Both embed the export's description (``manifest.py``): ONNX as the metadata entr
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ from ..errors import simple_error
 from .deploy import BATCH, INPUT_NAME
 from .locate import (first_line, model_error, node_error, node_of_fx_frames,
                      node_of_onnx_runtime_failure, node_of_program, onnx_failure)
+from .quiet import quiet
 
 OPSET = 20  # DeformConv needs 19; from 20 GELU is one operator
 METADATA_KEY = "mtl_dsl"
@@ -51,7 +50,7 @@ def write_onnx(program, example: torch.Tensor, path: Path, output_names: list[st
     # The program's batch symbol (s0, s34, ...) is named `batch` in the file.
     dynamic = ({0: BATCH},) if dynamic_batch else None
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # the exporter's progress lines
+        with quiet():
             onnx_program = torch.onnx.export(
                 program, (example,), dynamo=True, input_names=[INPUT_NAME],
                 output_names=output_names, opset_version=OPSET, optimize=True, verbose=False,

@@ -142,6 +142,8 @@ def batch_specialising_node(model, example, batch_dim) -> str | None:
     """
     import torch
 
+    from .quiet import quiet
+
     received: dict[str, tuple] = {}
     modules = {n.name: model.get_submodule(n.name) for n in model.ir.nodes}
     hooks = [m.register_forward_pre_hook(lambda _, args, name=name: received.setdefault(name, args))
@@ -168,7 +170,7 @@ def batch_specialising_node(model, example, batch_dim) -> str | None:
         if args is None:
             continue
         try:
-            with torch.no_grad():
+            with torch.no_grad(), quiet():
                 torch.export.export(modules[node.name], args, dynamic_shapes=dims(args))
         except Exception as exc:  # noqa: BLE001 - only the kind of failure is looked at
             if "batch size" in trace_reason(exc)[0]:

@@ -11,6 +11,7 @@ import torch
 from .deploy import BATCH
 from .locate import (batch_specialising_node, blocker, model_error, node_error,
                      node_of_traceback, trace_reason)
+from .quiet import quiet
 
 MAX_BATCH = 4096
 
@@ -28,7 +29,7 @@ def trace(deploy: torch.nn.Module, model, example: torch.Tensor, dynamic_batch: 
     batch = torch.export.Dim(BATCH, min=1, max=MAX_BATCH)
     dynamic = ({0: batch},) if dynamic_batch else None
     try:
-        with torch.no_grad():
+        with torch.no_grad(), quiet():
             return torch.export.export(deploy, (example,), dynamic_shapes=dynamic)
     except Exception as exc:  # noqa: BLE001 - every failure is told as the node behind it
         why, hint = trace_reason(exc)

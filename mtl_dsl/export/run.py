@@ -15,6 +15,7 @@ from .deploy import DeployModule, OutputInfo, example_input, select_outputs
 from .formats import FORMATS, FP16_TOLERANCE
 from .manifest import describe, write_sidecar
 from .program import example_batch, trace
+from .quiet import verbose
 from .verify import Difference, compare
 
 CHECK_BATCHES_DYNAMIC = (1, 3)
@@ -29,6 +30,7 @@ class ExportOptions:
     normalize: bool = True  # the graph normalises RGB in [0, 1] itself
     tolerance: float | None = None  # None: the format's (FORMATS[...].tolerance, FP16_TOLERANCE)
     weights: str = ""  # where the weights came from, for the description
+    verbose: bool = False  # show the exporters' own output (see quiet.py)
 
     def atol(self) -> float:
         if self.tolerance is not None:
@@ -53,8 +55,12 @@ class ExportResult:
 
 def export_model(model, path: str | Path, options: ExportOptions) -> ExportResult:
     """Export ``model`` (a ``CompiledModel``, weights loaded) to ``path`` and check the file."""
+    with verbose(options.verbose):
+        return _export(model, Path(path), options)
+
+
+def _export(model, path: Path, options: ExportOptions) -> ExportResult:
     fmt = FORMATS[options.format]
-    path = Path(path)
     model.eval()
     outputs = select_outputs(model, options.with_aux)
     names = [o.name for o in outputs]
