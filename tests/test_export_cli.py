@@ -9,12 +9,14 @@ import sys
 import onnxruntime as ort
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from mtl_dsl.api import compile_model
 from mtl_dsl.cli import main
 from mtl_dsl.runtime.checkpoints import save_checkpoint
 from mtl_dsl.runtime.config import load_config
 from mtl_dsl.tasks import IMAGENET_MEAN, IMAGENET_STD
+from test_golden import official_file
 
 TASKS, SIZE = "semseg:3,depth", (32, 48)
 
@@ -91,6 +93,7 @@ def test_failed_check_exits_1_and_removes_the_file(checkpoint, tmp_path, capsys)
     (["-o", "m.pt2", "--tolerance", "0"], "the tolerance must be positive"),
     (["-o", "m.pt2", "--set", "dim=8"], "does not match the spec's graph"),
     (["-o", "m.pt2", "--tasks", "semseg:4,depth"], "does not match the spec's graph"),
+    (["-o", "m.pt2", "--allow-partial"], "--allow-partial only apply with --weights"),
 ])
 def test_mistakes_exit_2_with_one_message(checkpoint, tmp_path, monkeypatch, capsys, flags,
                                           message):
@@ -100,6 +103,30 @@ def test_mistakes_exit_2_with_one_message(checkpoint, tmp_path, monkeypatch, cap
     err = capsys.readouterr().err
     assert "error: " in err and message in err
     assert not list(tmp_path.glob("m.*"))
+
+
+def test_export_of_an_official_checkpoint_file(tmp_path, capsys):
+    """--weights: the official file read through the spec's weights map, as `eval --weights`; the
+    exported program holds the file's tensors."""
+    official = official_file("baseline_mt", tmp_path)
+    out = tmp_path / "official.pt2"
+    assert main(["export", "baseline_mt", "--weights", str(official), "--tasks", "nyud",
+                 "--input", "64x96", "-o", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "every model tensor got a value" in captured.err  # the conversion report
+    assert "input 'images' float32 1x3x64x96" in captured.out
+    program = torch.export.load(str(out))
+    tensors = load_file(str(official))
+    assert torch.equal(program.state_dict["model.out.semseg.logits.weight"],
+                       tensors["head.final_logits.semseg.weight"].float())
+    described = json.loads((tmp_path / "official.pt2.json").read_text())
+    assert described["weights"].startswith(f"{official} (official, sha256 ")
+    assert [o["name"] for o in described["outputs"]] == ["semseg", "depth", "normals", "edge"]
+    # a file that does not fit the compiled graph is refused before anything is written
+    assert main(["export", "baseline_mt", "--weights", str(official), "--tasks", "semseg,depth",
+                 "-o", str(tmp_path / "wrong.pt2")]) == 2
+    assert "give --tasks to match" in capsys.readouterr().err
+    assert not (tmp_path / "wrong.pt2").exists()
 
 
 def test_missing_export_extra_is_a_usage_error(checkpoint, tmp_path, monkeypatch, capsys):

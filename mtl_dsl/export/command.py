@@ -1,8 +1,10 @@
 """``mtl-dsl export``: a trained model as an ONNX file or a ``torch.export`` program, checked.
 
 The model is compiled from the spec with the checkpoint's run config (tasks, input size, preset,
-parameters; each can be overridden by its flag), the checkpoint's weights are loaded (refused if
-they are not this graph's), then ``export_model`` writes and checks the file. This module imports
+parameters; each can be overridden by its flag) and the checkpoint's weights are loaded (refused if
+they are not this graph's); or, with ``--weights FILE``, compiled from the flags and given an
+official checkpoint's tensors through the spec's weights map (``mtl_dsl.weights``, as ``eval
+--weights``). Then ``export_model`` writes and checks the file. This module imports
 neither torch nor ONNX at import time; the CLI registers it while building its parser.
 
 Exit codes: 0 written and checked; 1 written but the check failed (the file is removed); 2 a
@@ -24,8 +26,19 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("export", help="write a trained model as ONNX or a torch.export "
                                              "program, checked against eager PyTorch")
     add_spec_arguments(p)
-    p.add_argument("--checkpoint", required=True, metavar="DIR",
-                   help="checkpoint directory or run folder (its newest checkpoint)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", metavar="DIR",
+                       help="checkpoint directory or run folder (its newest checkpoint; also a "
+                            "folder written by convert)")
+    which.add_argument("--weights", metavar="FILE",
+                       help="an official checkpoint, read through the spec's weights map (the "
+                            "model is compiled from the flags: --tasks, --input, --preset, --set)")
+    p.add_argument("--map", default=None, metavar="NAME",
+                   help="with --weights: the spec's weights map to read it with (default: "
+                        "official)")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="with --weights: model tensors the file does not give keep their "
+                        "initialisation (seed 0)")
     p.add_argument("--format", choices=("onnx", "pt2"), default=None,
                    help="onnx (ONNX Runtime, TensorRT, ...) or pt2 (torch.export: ExecuTorch, "
                         "AOTInductor); default: from the suffix of -o")
@@ -100,13 +113,34 @@ def _summary(model, result, options) -> str:
 
 
 def load_model(args: argparse.Namespace):
-    """(compiled model with the weights loaded, where the weights came from).
+    """(compiled model with the weights loaded, where the weights came from): a checkpoint
+    folder (``--checkpoint``, compiled as it was trained) or an official file (``--weights``,
+    compiled from the flags and read through the spec's weights map, as ``eval --weights``)."""
+    from ..errors import simple_error
 
-    ``--checkpoint`` is the one source of weights today (a training run's checkpoint, or any
-    folder in that layout); a loader of official checkpoint files (``--weights FILE``) plugs in
-    here, next to it, by returning the same pair.
-    """
+    if args.weights is not None:
+        return _from_official_file(args)
+    given = [flag for flag, value in (("--map", args.map), ("--allow-partial", args.allow_partial))
+             if value]
+    if given:
+        raise simple_error(given[0], f"{' and '.join(given)} only apply with --weights: a "
+                                     f"checkpoint folder holds the spec's own tensor names")
     return _from_checkpoint(args)
+
+
+def _from_official_file(args: argparse.Namespace):
+    import torch
+
+    from ..api import compile_model
+    from ..cli.options import spec_kwargs
+    from ..weights.convert import DEFAULT_MAP, INIT_SEED, apply_file
+
+    torch.manual_seed(INIT_SEED)  # what --allow-partial keeps is the seed-0 initialisation
+    model = compile_model(args.spec, **spec_kwargs(args))
+    loaded = apply_file(model, args.weights, args.map or DEFAULT_MAP,
+                        allow_partial=args.allow_partial)
+    print(loaded.report, file=sys.stderr)
+    return model, f"{args.weights} (official, sha256 {loaded.weights.sha256})"
 
 
 def _from_checkpoint(args: argparse.Namespace):
