@@ -164,6 +164,7 @@ def _from_checkpoint(args: argparse.Namespace):
         for key in ("tasks", "input_size", "preset"):
             kwargs[key] = flags[key] if flags[key] is not None else trained[key]
         kwargs["overrides"] = {**(trained["overrides"] or {}), **flags["overrides"]}
+        kwargs["plugins"] = trained.get("plugins") or ()  # the run's block plugins
     model = compile_model(args.spec, **kwargs)
     load_model_weights(model, loaded)
     return model, str(loaded.path)
