@@ -28,8 +28,9 @@ CASES = {
                  overrides={**R18, "dim": 16}),
     "tpanet": dict(spec="tpanet", tasks="semseg:3,depth", size=(32, 40),
                    overrides={**R18, "dim": 12}),
-    # normals and edge: the genotype's T-label, S-label and global contexts all occur among them
-    "atrc_nyud_hrnet18": dict(spec="atrc_nyud_hrnet18", tasks="normals,edge", size=(32, 40),
+    # the spec states its profile (NYUD's four tasks, the searched genotype: T-label, S-label and
+    # global contexts); a smaller input and backbone
+    "atrc_nyud_hrnet18": dict(spec="atrc_nyud_hrnet18", tasks="nyud", size=(32, 40),
                               overrides={**R18, "dim": 16}),
     # one task: one local CP block (semseg <- semseg), computed in two row chunks
     "atrc_local": dict(spec="atrc", preset="local", tasks="semseg:3", size=(40, 48),
@@ -42,7 +43,8 @@ EXPECTED_OUTPUTS = {  # with --with-aux, in task order
     "baseline_mt": ["semseg", "depth"],
     "demt": ["semseg", "depth"],
     "tpanet": ["semseg", "depth"],
-    "atrc_nyud_hrnet18": ["normals", "normals.aux", "edge", "edge.aux"],
+    "atrc_nyud_hrnet18": ["semseg", "semseg.aux", "depth", "depth.aux", "normals", "normals.aux",
+                          "edge", "edge.aux"],
     "atrc_local": ["semseg"],
     "invpt": ["semseg", "semseg.inter", "depth", "depth.inter"],
 }
@@ -234,9 +236,11 @@ def test_description_beside_and_inside_the_file(exported):
                           "std": [0.229, 0.224, 0.225], "input_range": [0.0, 1.0],
                           "applied": "(images - mean) / std, per channel, inside the graph"}}
     assert [(o["name"], o["shape"][1]) for o in beside["outputs"]] == [
-        ("normals", 3), ("normals.aux", 40), ("edge", 1), ("edge.aux", 2)]
+        ("semseg", 40), ("semseg.aux", 40), ("depth", 1), ("depth.aux", 40), ("normals", 3),
+        ("normals.aux", 40), ("edge", 1), ("edge.aux", 2)]
     assert beside["params"]["dim"] == 16 and beside["model"] == "atrc_nyud_hrnet18"
-    assert len(beside["check"]["results"]) == 8 and all(r["ok"] for r in beside["check"]["results"])
+    results = beside["check"]["results"]
+    assert len(results) == 16 and all(r["ok"] for r in results)  # 8 outputs at batch 1 and 3
     extra = {"mtl_dsl.json": ""}
     torch.export.load(str(path), extra_files=extra)
     inside = json.loads(extra["mtl_dsl.json"])
