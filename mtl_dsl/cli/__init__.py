@@ -29,6 +29,7 @@ COMMANDS = (
     "mtl_dsl.weights.commands",  # convert
     "mtl_dsl.cli.tune",          # tune
     "mtl_dsl.export.command",    # export
+    "mtl_dsl.cli.fmt",           # fmt
 )
 
 DESCRIPTION = ("Check, compile, render, train, evaluate and run multi-task dense-prediction\n"
