@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -16,8 +17,9 @@ from .tasks import TaskError, TaskProfile, resolve_tasks
 if TYPE_CHECKING:  # pragma: no cover
     from .compiler import CompiledModel
 
-__all__ = ["build_model", "check_spec", "compile_ir", "compile_model", "load_ir", "parse_override",
-           "resolve_profile", "resolve_spec_path", "spec_profile"]
+__all__ = ["DocumentCheck", "build_model", "check_document", "check_spec", "compile_ir",
+           "compile_model", "load_ir", "parse_override", "resolve_profile", "resolve_spec_path",
+           "spec_profile"]
 
 
 def resolve_spec_path(spec: str | Path) -> tuple[Path, str]:
@@ -71,16 +73,20 @@ def spec_profile(spec: str | Path, model: str | None = None) -> str | None:
 def load_ir(spec: str | Path, tasks: str | TaskProfile | None = None,
             overrides: dict[str, Any] | None = None, preset: str | None = None,
             input_size: tuple[int, int] | None = None, model: str | None = None,
-            plugins: Sequence[str] = ()) -> ModelIR:
+            plugins: Sequence[str] = (), sources: dict[str, str] | None = None) -> ModelIR:
     """The typed IR of a spec. ``plugins``: Python modules that define blocks, imported first
-    (installed packages' ``mtl_dsl.blocks`` entry points load by themselves)."""
-    ir, _ = _lower(spec, tasks, overrides, preset, input_size, model, plugins)
+    (installed packages' ``mtl_dsl.blocks`` entry points load by themselves); ``sources``: texts
+    read in place of files (resolved path -> text: an editor's unsaved documents)."""
+    ir, _ = _lower(spec, tasks, overrides, preset, input_size, model, plugins, sources=sources)
     return ir
 
 
-def _lower(spec, tasks, overrides, preset, input_size, model,
-           plugins: Sequence[str] = ()) -> tuple[ModelIR, Diagnostics]:
-    """The IR, and the diagnostics sink (with the sources) the checker goes on reporting into."""
+def _lower(spec, tasks, overrides, preset, input_size, model, plugins: Sequence[str] = (),
+           sources=None, parsed=None, lowerers=None) -> tuple[ModelIR, Diagnostics]:
+    """The IR, and the diagnostics sink (with the sources) the checker goes on reporting into.
+    ``sources``: texts to read in place of files (resolved path -> text: an editor's unsaved
+    documents); ``parsed``: syntax trees kept between compilations (``Loader``); ``lowerers``:
+    a list the lowerer is appended to (``check_document`` reads its files)."""
     from .plugins import load_installed, load_plugins
 
     load_installed()  # installed packages' blocks (entry-point group mtl_dsl.blocks), once
@@ -92,7 +98,9 @@ def _lower(spec, tasks, overrides, preset, input_size, model,
         if not (isinstance(h, int) and isinstance(w, int) and 8 <= h <= 8192 and 8 <= w <= 8192):
             raise SpecError(Diagnostic("--input", 1, 1, f"input size {h}x{w} is out of range "
                                                         f"(8 to 8192 per side)"))
-    lowerer = Lowerer(profile, input_size)
+    lowerer = Lowerer(profile, input_size, sources=sources, parsed=parsed)
+    if lowerers is not None:
+        lowerers.append(lowerer)
     ir = lowerer.lower(path, display, model, overrides, preset)
     return ir, lowerer.sink
 
@@ -100,18 +108,48 @@ def _lower(spec, tasks, overrides, preset, input_size, model,
 def check_spec(spec: str | Path, tasks: str | TaskProfile | None = None,
                overrides: dict[str, Any] | None = None, preset: str | None = None,
                input_size: tuple[int, int] | None = None, model: str | None = None,
-               plugins: Sequence[str] = ()) -> CheckedGraph:
-    ir, sink = _lower(spec, tasks, overrides, preset, input_size, model, plugins)
+               plugins: Sequence[str] = (), sources: dict[str, str] | None = None) -> CheckedGraph:
+    ir, sink = _lower(spec, tasks, overrides, preset, input_size, model, plugins, sources=sources)
     return check_ir(ir, sink)
+
+
+@dataclass
+class DocumentCheck:
+    """``check_document``'s answer: the checked graph (None when the spec has mistakes), the
+    mistakes, and every file read (resolved path -> its ``FileScope``: syntax tree, blocks)."""
+
+    graph: CheckedGraph | None
+    diagnostics: list[Diagnostic]
+    files: dict[str, Any] = field(default_factory=dict)
+
+
+def check_document(spec: str | Path, tasks: str | TaskProfile | None = None,
+                   input_size: tuple[int, int] | None = None,
+                   sources: dict[str, str] | None = None,
+                   parsed: dict | None = None) -> DocumentCheck:
+    """``check_spec`` for an editor (``mtl-dsl lsp``): the same checks, its mistakes returned
+    rather than raised, with the files as the loader read them; ``parsed`` keeps syntax trees
+    from one call to the next."""
+    lowerers: list[Lowerer] = []
+    try:
+        ir, sink = _lower(spec, tasks, None, None, input_size, None, sources=sources,
+                          parsed=parsed, lowerers=lowerers)
+        graph, diagnostics = check_ir(ir, sink), []
+    except SpecError as e:
+        graph, diagnostics = None, list(e.diagnostics)
+    files = dict(lowerers[0].loader.files) if lowerers else {}
+    return DocumentCheck(graph, diagnostics, files)
 
 
 def compile_model(spec: str | Path, tasks: str | TaskProfile | None = None,
                   overrides: dict[str, Any] | None = None, preset: str | None = None,
-                  input_size: tuple[int, int] | None = None,
-                  model: str | None = None, plugins: Sequence[str] = ()) -> "CompiledModel":
+                  input_size: tuple[int, int] | None = None, model: str | None = None,
+                  plugins: Sequence[str] = (),
+                  sources: dict[str, str] | None = None) -> "CompiledModel":
     from .compiler import compile_graph
 
-    return compile_graph(check_spec(spec, tasks, overrides, preset, input_size, model, plugins))
+    return compile_graph(check_spec(spec, tasks, overrides, preset, input_size, model, plugins,
+                                    sources=sources))
 
 
 def build_model(spec: Any, tasks: str | TaskProfile | None = None,

@@ -6,16 +6,21 @@ it must name a ``.mtl`` file, and a link must lead to one (a ``x.mtl`` link to a
 refused; size and text are checked on what is read, the link's target). ``import "x.mtl"`` makes the blocks of ``x.mtl`` callable by name,
 ``import "x.mtl" as x`` as ``x.name``. A file imported twice is read once; a cycle of imports is
 an error naming the chain.
+
+``sources`` gives the text of files that differ from the disk (the unsaved documents of an
+editor: ``mtl-dsl lsp``), by resolved path; they are read as the disk's files are. ``parsed``
+keeps the syntax tree of each text read (by path, name and text) for the next compilation: an
+editor checks the same files again at each keystroke, and parsing is most of that time.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 from ..blocks import REGISTRY
-from ..errors import Diagnostics
+from ..errors import Diagnostics, SpecError
 from . import ast
-from .parser import read_spec
+from .parser import decode_source, parse_into, read_spec
 from .values import FileScope, UserBlock
 
 BUILTIN_SPECS = Path(__file__).resolve().parent.parent.parent / "specs"
@@ -47,9 +52,13 @@ def display_path(path: Path) -> str:
 class Loader:
     """Reads the files of one compilation into ``FileScope``s, reporting into ``sink``."""
 
-    def __init__(self, sink: Diagnostics, search_paths: list[Path] | None = None):
+    def __init__(self, sink: Diagnostics, search_paths: list[Path] | None = None,
+                 sources: Mapping[str, str] | None = None,
+                 parsed: dict[tuple[str, str, str | bytes], ast.SpecFile] | None = None):
         self.sink = sink
         self.search_paths = search_paths if search_paths is not None else builtin_spec_dirs()
+        self.sources = sources or {}  # resolved path -> text, in place of the file's
+        self.parsed = parsed  # (resolved path, name, text or bytes) -> its syntax tree
         self.files: dict[str, FileScope] = {}  # resolved path -> its scope
         self.loading: list[str] = []
 
@@ -58,7 +67,7 @@ class Loader:
         key = str(path.resolve())
         if key in self.files:
             return self.files[key]
-        spec = read_spec(self.sink, path, display)
+        spec = self._read(key, path, display)
         if spec is None:
             return None
         scope = FileScope(spec)
@@ -70,6 +79,31 @@ class Loader:
         self.loading.pop()
         self.files[key] = scope
         return scope
+
+    def _read(self, key: str, path: Path, display: str) -> ast.SpecFile | None:
+        if key not in self.sources and self.parsed is None:
+            return read_spec(self.sink, path, display)
+        raw: str | bytes
+        if key in self.sources:
+            raw = self.sources[key]
+        else:
+            try:
+                raw = path.read_bytes()
+            except OSError:
+                return read_spec(self.sink, path, display)  # reports why it cannot be read
+        cached = self.parsed.get((key, display, raw)) if self.parsed is not None else None
+        if cached is not None:  # read before: its checks passed then
+            self.sink.add_source(display, cached.source)
+            return cached
+        try:
+            text = decode_source(raw.encode("utf-8") if isinstance(raw, str) else raw, display)
+        except SpecError as e:
+            self.sink.add(e.diagnostics)
+            return None
+        spec = parse_into(self.sink, text, display)
+        if spec is not None and self.parsed is not None:
+            self.parsed[(key, display, raw)] = spec
+        return spec
 
     def imported_files(self, top: Path) -> list[str]:
         """Every file read besides ``top`` (resolved paths, sorted)."""

@@ -37,13 +37,14 @@ class Lowerer:
 
     def __init__(self, profile: TaskProfile | None = None,
                  input_size: tuple[int, int] | None = None,
-                 search_paths: list[Path] | None = None, sink: Diagnostics | None = None):
+                 search_paths: list[Path] | None = None, sink: Diagnostics | None = None,
+                 sources: dict[str, str] | None = None, parsed: dict | None = None):
         """``profile``/``input_size``: what the user asked for (None: the model's own profile,
-        else the default one; the profile's input size)."""
+        else the default one; the profile's input size). ``sources``, ``parsed``: see Loader."""
         self.sink = sink if sink is not None else Diagnostics()
         self.requested = profile
         self.requested_input = tuple(input_size) if input_size is not None else None
-        self.loader = Loader(self.sink, search_paths)
+        self.loader = Loader(self.sink, search_paths, sources, parsed)
         self.outputs: list[Output] = []
         self.tables: list[TableEntryIR] = []
         self.steps = 0
