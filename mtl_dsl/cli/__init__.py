@@ -30,6 +30,7 @@ COMMANDS = (
     "mtl_dsl.cli.tune",          # tune
     "mtl_dsl.export.command",    # export
     "mtl_dsl.cli.fmt",           # fmt
+    "mtl_dsl.cli.lsp",           # lsp
 )
 
 DESCRIPTION = ("Check, compile, render, train, evaluate and run multi-task dense-prediction\n"

@@ -92,17 +92,24 @@ def cmd_blocks(args: argparse.Namespace) -> int:
         if block.family != family and not args.name:
             family = block.family
             print(f"\n== {family} ==")
-        print(f"{block.signature()}")
-        if block.doc:
-            print(f"    {block.doc}")
-        if args.name:
-            for arg_name, spec in block.args.items():
-                doc = getattr(spec, "doc", "")
-                print(f"    {arg_name}: {spec.type_name()}  {doc}")
-            details = getattr(block, "details", None)
-            if callable(details):
-                print("\n" + details())
+        print(block_help(block, detailed=bool(args.name)))
     return 0
+
+
+def block_help(block: Any, detailed: bool = True) -> str:
+    """What ``mtl-dsl blocks NAME`` prints for a block (``detailed``: with its arguments); the
+    language server's hover shows the same text."""
+    lines = [block.signature()]
+    if block.doc:
+        lines.append(f"    {block.doc}")
+    if detailed:
+        for arg_name, spec in block.args.items():
+            doc = getattr(spec, "doc", "")
+            lines.append(f"    {arg_name}: {spec.type_name()}  {doc}")
+        details = getattr(block, "details", None)
+        if callable(details):
+            lines.append("\n" + details())
+    return "\n".join(lines)
 
 
 def register(sub: Any) -> None:
