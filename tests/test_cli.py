@@ -69,7 +69,8 @@ def test_help_is_whole_and_lists_every_command():
     assert r.returncode == 0
     prose = r.stdout.split("\n\n")[1]  # the description, after the usage line
     assert prose.rstrip().endswith("."), prose  # a whole sentence, not a cut docstring line
-    for command in ("check", "compile", "render", "blocks", "train", "search", "eval", "predict"):
+    for command in ("check", "compile", "render", "blocks", "train", "search", "eval", "predict",
+                    "fmt", "lsp"):
         assert f"\n    {command} " in r.stdout
     assert "mtl-dsl COMMAND --help" in r.stdout
 
