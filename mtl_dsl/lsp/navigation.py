@@ -15,8 +15,8 @@ from lsprotocol import types as lsp
 from ..blocks import REGISTRY
 from ..cli.spec import block_help
 from ..frontend import ast
-from ..frontend.parser import GRAMMAR
 from ..frontend.values import FileScope, UserBlock
+from ..highlight.words import SOFT_KEYWORDS, grammar_words
 from ..types import describe
 from .analysis import Analysis, imported_file, line_text, loc_range
 
@@ -26,9 +26,9 @@ MAX_SHAPES = 12
 
 
 def keywords() -> list[str]:
-    """The grammar's keywords (its terminals written as a word) and soft keywords."""
-    words = re.findall(r'^[A-Z_]+:\s*"([a-z]+)"\s*$', GRAMMAR.read_text(), re.M)
-    return sorted(set(words) | {"weights", "unused"})
+    """The grammar's keywords and constants (``highlight.words``) and its soft keywords."""
+    words = grammar_words()
+    return sorted(set(words.keywords) | set(words.constants) | set(SOFT_KEYWORDS))
 
 
 def word_at(text: str, line: int, character: int) -> tuple[str, int, int] | None:
