@@ -107,7 +107,8 @@ def test_a_spec_for_another_profile_gets_checks_errors_in_the_imported_file(sess
 
 BROKEN = {
     "syntax": "model m(dim = 8) {\n  x = conv_bn_act(images, channels = dim\n  out[t] = x\n}\n",
-    "unknown block": "model m() {\n  for t in tasks {\n    out[t] = conv_bn_ac(images, 8)\n  }\n}\n",
+    "unknown block": ("model m() {\n  for t in tasks {\n    out[t] = conv_bn_ac(images, 8)\n"
+                      "  }\n}\n"),
     "bad argument": ("model m() {\n  x = conv_bn_act(images, channels = 8, kernal = 3)\n"
                      "  for t in tasks {\n    out[t] = dense_head(x, task = t)\n  }\n}\n"),
     "shape": ("model m() {\n  x = conv_bn_act(images, 8) :: [B, 9, H, W]\n"
