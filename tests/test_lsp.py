@@ -20,7 +20,9 @@ from mtl_dsl.api import check_spec
 from mtl_dsl.cli import main
 from mtl_dsl.errors import Diagnostic
 from mtl_dsl.fmt import format_source
+from mtl_dsl.frontend.parser import parse_source
 from mtl_dsl.frontend import iter_builtin_specs
+from mtl_dsl.lsp.analysis import recover
 from mtl_dsl.types import describe
 
 SPECS = {p.name: p for p in iter_builtin_specs()}
@@ -323,3 +325,17 @@ def test_the_server_never_imports_torch(tmp_path):
                if line.startswith("import time:")]
     assert "mtl_dsl.lsp.server" in modules and "mtl_dsl.checker" in modules
     assert not [m for m in modules if m == "torch" or m.startswith("torch.")]
+
+
+def test_recover_keeps_what_parses_where_it_was():
+    text = ('import "demt.mtl" as demt\n\nblock b(x, k: int = 3) {\n  return conv_bn_act(x, 8,\n'
+            '}\n\nmodel m(width: int = 16) {\n  y = b(images\n}\n\nblock ok(x) {\n  return x\n}\n')
+    kept = recover(text)
+    assert len(kept) == len(text) and kept.count("\n") == text.count("\n")
+    spec = parse_source(kept)
+    assert [i.path for i in spec.imports] == ["demt.mtl"]
+    assert [b.name for b in spec.blocks] == ["b", "ok"] and [m.name for m in spec.models] == ["m"]
+    assert [p.name for p in spec.blocks[0].params] == ["x", "k"] and spec.blocks[0].body == []
+    assert len(spec.blocks[1].body) == 1  # the block that parses is kept whole
+    for d in spec.blocks + spec.models:  # at the offsets of the text
+        assert text[d.span.start:].startswith(("block " if not d.is_model else "model ") + d.name)
