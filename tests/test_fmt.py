@@ -30,6 +30,7 @@ from mtl_dsl.frontend import iter_builtin_specs
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = {p.name: p.read_text() for p in iter_builtin_specs()}
+SHIPPED = sorted((ROOT / "specs").rglob("*.mtl"))  # the examples too
 PROFILES = ("nyud", "pascal")
 HELPERS = {"tok", "notes", "doc", "docs", "blank_above", "head", "spaced", "tight", "listing",
            "bracketed"}
@@ -97,9 +98,10 @@ def test_a_rule_without_a_layout_is_refused():
 
 # the shipped specs ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", sorted(SPECS))
-def test_shipped_specs_are_formatted(name):
-    assert format_source(SPECS[name], name) == SPECS[name], f"run: mtl-dsl fmt specs/{name}"
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(ROOT)))
+def test_shipped_specs_are_formatted(path):
+    text = path.read_text()
+    assert format_source(text, path.name) == text, f"run: mtl-dsl fmt {path.relative_to(ROOT)}"
 
 
 @pytest.mark.parametrize("width", [30, 60])

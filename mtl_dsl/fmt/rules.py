@@ -316,6 +316,19 @@ class Layout:
     def call(self, node: Tree) -> Doc:
         return concat(self.doc(node.children[0]), self.bracketed(Tree("args", node.children[1:])))
 
+    def call_gen(self, node: Tree) -> Doc:
+        """``f(x for s in xs if c)``: the generator may continue under its expression."""
+        callee, lpar, value, comp, rpar = node.children
+        return concat(self.doc(callee), self.tok(lpar),
+                      Align(Fill((self.doc(value), self.doc(comp)))), self.tok(rpar))
+
+    def comp_for(self, node: Tree) -> Doc:
+        return self.spaced(node)
+
+    def ifexp(self, node: Tree) -> Doc:
+        """``a if c else b``: on one line (an ``if`` that began a line would start a statement)."""
+        return self.spaced(node)
+
     def getitem(self, node: Tree) -> Doc:
         return self.tight(node)
 

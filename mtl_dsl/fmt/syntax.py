@@ -20,6 +20,7 @@ from typing import Iterator
 from lark import Lark, Token, Tree
 
 from ..errors import Diagnostic, SpecError
+from ..frontend.keywords import StatementIf
 from ..frontend.parser import GRAMMAR, parse_source
 
 COMMENT = "COMMENT"  # the grammar's comment terminal (ignored by the parser)
@@ -58,8 +59,9 @@ class SyntaxTree:
 class _TreeParser:
     def __init__(self) -> None:
         self.comments: list[Token] = []
+        self.keywords = StatementIf()  # the front-end's post-lexer: `if` starting a statement
         self.lark = Lark(GRAMMAR.read_text(), parser="lalr", maybe_placeholders=True,
-                         lexer_callbacks={COMMENT: self.comments.append})
+                         lexer_callbacks={COMMENT: self.comments.append}, postlex=self.keywords)
         self.lock = threading.Lock()
 
 
@@ -84,6 +86,7 @@ def parse(source: str, path: str = "<spec>") -> SyntaxTree:
     parser = tree_parser()
     with parser.lock:
         parser.comments.clear()
+        parser.keywords.reset(source)
         try:
             tree = parser.lark.parse(source)
         except Exception:
@@ -98,15 +101,19 @@ def parse(source: str, path: str = "<spec>") -> SyntaxTree:
 
 def token_sequence(syntax: SyntaxTree) -> list[tuple[str, str]]:
     """Every token (type, text) and comment of the text in order, each comment marked as on a
-    line of its own (``"#"``) or ending a line of code (``"#>"``): what formatting keeps."""
+    line of its own (``"#"``) or ending a line of code (``"#>"``), then the rules of the parse
+    tree in order: what formatting keeps. (An ``if`` is ``IF`` here whether or not it starts a
+    statement, ``STMT_IF``: where the grammar takes either, as a ``for`` loop's filter, the
+    layout may move it; the parse tree says it means the same.)"""
     out: list[tuple[str, str]] = []
     for token in syntax.tokens:
         info = syntax.of(token)
         out += [("#", n.text) for n in info.leading]
-        out.append((token.type, str(token)))
+        out.append(("IF" if token.type == "STMT_IF" else token.type, str(token)))
         if info.trailing:
             out.append(("#>", info.trailing))
-    return out + [("#", n.text) for n in syntax.end]
+    out += [("#", n.text) for n in syntax.end]
+    return out + [("rule", str(t.data)) for t in syntax.tree.iter_subtrees_topdown()]
 
 
 def _attach(tokens: list[Token], comments: list[Token]) -> tuple[dict[int, Trivia], list[Note]]:
