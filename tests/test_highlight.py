@@ -81,7 +81,7 @@ def test_the_lexer_is_registered_for_pygments():
     assert type(get_lexer_for_filename("demt.mtl")) is MtlLexer
     done = subprocess.run([sys.executable, "-m", "pygments", "-l", "mtl", "-f", "html"],
                           input=SPECS["demt.mtl"], capture_output=True, text=True, check=True)
-    assert '<span class="k">model</span>' in done.stdout and 'class="err"' not in done.stdout
+    assert '<span class="kd">model</span>' in done.stdout and 'class="err"' not in done.stdout
 
 
 # -- TextMate ------------------------------------------------------------------------------------
