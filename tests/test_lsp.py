@@ -94,17 +94,19 @@ def test_diagnostics_of_shipped_specs_equal_check(session, work, name, capsys):
     assert rendered(path, path.read_text(), diagnostics) == check_output(path, capsys)
 
 
-def test_a_spec_for_another_profile_gets_checks_errors_in_the_imported_file(session, work,
-                                                                            capsys):
-    path = work / "atrc_pascal_hrnet18.mtl"  # PASCAL's tasks, checked with NYUD's
-    diagnostics = session.open(path)
-    assert len(diagnostics) > 1
-    assert rendered(path, path.read_text(), diagnostics) == check_output(path, capsys)
-    text = path.read_text()
-    imports = at(text, 'import "atrc.mtl"')[0]
-    imported = [d for d in diagnostics if d.related_information]
-    assert imported and all(d.range.start.line == imports and
-                            d.message.startswith(str(work / "atrc.mtl") + ":") for d in imported)
+def test_errors_in_an_imported_file_are_checks_and_sit_on_the_import(session, tmp_path, capsys):
+    lib, top = tmp_path / "parts.mtl", tmp_path / "uses_parts.mtl"
+    lib.write_text("# parts\nblock head(x, task) {\n  return dense_head(x, tsk = task)\n}\n")
+    text = ('# a model\nimport "parts.mtl"\n\nmodel m() {\n  x = conv_bn_act(images, 16)\n'
+            '  for t in tasks {\n    out[t] = head(x, t)\n  }\n}\n')
+    top.write_text(text)
+    diagnostics = session.open(top)
+    assert diagnostics
+    assert rendered(top, text, diagnostics) == check_output(top, capsys)
+    imports = at(text, 'import "parts.mtl"')[0]
+    assert all(d.range.start.line == imports and d.message.startswith(f"{lib}:3:24: ") and
+               d.related_information[0].location.uri == lib.resolve().as_uri()
+               for d in diagnostics)
 
 
 BROKEN = {

@@ -219,6 +219,13 @@ class Layout:
         return concat(self.tok(keyword), SP, self.tok(name), self.tok(lpar),
                       self.listing(rest[:-1]), self.tok(rest[-1]))
 
+    def profile_stmt(self, node: Tree) -> Doc:
+        """``profile nyud`` or ``profile "semseg:13,depth"(input = [480, 640])``."""
+        keyword, name, *rest = [c for c in node.children if c is not None]
+        options = concat(self.tok(rest[0]), self.listing(rest[1:-1]), self.tok(rest[-1])) \
+            if rest else None
+        return concat(self.tok(keyword), SP, self.tok(name), options)
+
     def kwarg(self, node: Tree) -> Doc:
         return self.spaced(node)
 

@@ -92,10 +92,13 @@ def analyse(path: Path, text: str, open_documents: Mapping[str, str], settings: 
         loader = Loader(Diagnostics(), sources={**sources, key: recover(text)})
         loader.load(path, display)
         files = dict(loader.files)
-    try:
-        tasks = resolve_profile(settings.tasks).task_names
-    except SpecError:
-        tasks = []
+    if done.graph is not None:  # the profile checked with (the setting, else the spec's own)
+        tasks = [t.name for t in done.graph.ir.tasks]
+    else:
+        try:
+            tasks = list(resolve_profile(settings.tasks).task_names)
+        except SpecError:
+            tasks = []
     return Analysis(path, display, text, done.diagnostics, files, done.graph, list(tasks),
                     recovered)
 
