@@ -302,8 +302,12 @@ def test_ctrl_c_on_the_ray_path_says_interrupted_and_exits_130(tmp_path):
             "--set", "levels=[1, 2]", "--set", "dataset.length=8", "--set", "training.batch_size=2",
             "--set", "training.log_interval=1", "--iterations", "100000",
             "--storage", str(tmp_path), "--run-name", "sigint"]
+    # A shell starts a background job with SIGINT ignored, and Python then installs no Ctrl-C
+    # handler; a terminal's Ctrl-C never meets that, so the child gets the default disposition.
+    # Its own session, so that whatever is left (Ray's processes) is killed with the group.
     child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                             env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for line in child.stdout:  # wait until the workers train
             if line.startswith("step "):
@@ -312,7 +316,7 @@ def test_ctrl_c_on_the_ray_path_says_interrupted_and_exits_130(tmp_path):
         _, err = child.communicate(timeout=300)
     finally:
         if child.poll() is None:
-            child.kill()
+            os.killpg(child.pid, signal.SIGKILL)
     assert child.returncode == 130, err
     assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err
     FileLock(tmp_path / "sigint").acquire()  # the run folder was released
