@@ -7,9 +7,9 @@ prediction heads), and the published models' families ``demt``, ``tpanet``, ``in
 Importing this package registers every block and does not import torch.
 """
 from . import aggregation, algebra, atrc, backbones, common, demt, heads, invpt, tpanet  # noqa: F401
-from .registry import REGISTRY, Block, Call, Input, Param, ShapeError, register
+from .registry import REGISTRY, Block, Call, Fusion, Input, Param, ShapeError, register
 
-__all__ = ["REGISTRY", "Block", "Call", "Input", "Param", "ShapeError", "register", "get_block"]
+__all__ = ["REGISTRY", "Block", "Call", "Fusion", "Input", "Param", "ShapeError", "register", "get_block"]
 
 
 def get_block(name: str) -> Block:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..types import FeatureMap, TaskMap
 from ..weights.layout import Alias, renames
-from .registry import Block, Call, Input, Param, register
+from .registry import Block, Call, Fusion, Input, Param, register
 
 CONTEXT_KINDS = ("global", "local", "t_label", "s_label")  # the order of the genotype codes 1..4
 POOL_KINDS = (*CONTEXT_KINDS, "search")
@@ -17,6 +17,7 @@ SEARCH_DEFAULTS = {"tau": (1.0, 0.05), "entropy_weight": (-0.02, 0.06), "freeze_
 class ContextPool(Block):
     name = "context_pool"
     module = "mtl_dsl.modules.atrc.build_context"
+    fusion = Fusion("mtl_dsl.modules.batched.atrc.context_pools")
     family = "atrc"
     doc = ("ATRC Context Pooling block: refines the target task's features with the source task's. "
            "kind global (linearised attention), local (window x window neighbourhood, zero padded), "
@@ -88,11 +89,20 @@ class ContextPool(Block):
                       reason="the official block stores its one-hot choice only once frozen"),
                 *renames(pairs))
 
+    def unfusable(self, call: Call) -> str | None:
+        if call["kind"] == "search":
+            return "the search supergraph's blocks have no batched implementation"
+        return None
+
+    def draws_random(self, call: Call) -> bool:
+        return call["kind"] == "search"  # Gumbel noise in training
+
 
 @register
 class ContextFusion(Block):
     name = "context_fusion"
     module = "mtl_dsl.modules.atrc.ContextFusion"
+    fusion = Fusion("mtl_dsl.modules.batched.atrc.context_fusions")
     family = "atrc"
     doc = ("ATRC per-target fusion: concat the target's CP outputs -> 1x1 Conv-BN (zero-initialised "
            "BN) -> concat with the features -> 1x1 Conv-BN-ReLU -> Dropout2d. Without contexts "
@@ -138,11 +148,15 @@ class ContextFusion(Block):
         # is the ConvBNReLU alone (no dropout).
         return renames({"bottleneck.0": "bottleneck"}) if call["dropout"] > 0 else ()
 
+    def draws_random(self, call: Call) -> bool:
+        return call["dropout"] > 0
+
 
 @register
 class LabelHead(Block):
     name = "label_head"
     module = "mtl_dsl.modules.atrc.LabelHead"
+    fusion = Fusion("mtl_dsl.modules.batched.heads.conv_bn_acts", vary=("task",))
     family = "atrc"
     doc = ("ATRC auxiliary head: 1x1 Conv-BN-ReLU (width = input channels unless given) -> 1x1 Conv "
            "to the task's auxiliary channels (its label regions: classes, 40 depth bins, 40 normal "

@@ -400,6 +400,9 @@ class Backbone(Block):
         aliases.append(Alias("", ("body",)))
         return tuple(aliases)
 
+    def draws_random(self, call: Call) -> bool:
+        return call["drop_path"] > 0  # stochastic depth in training
+
     def idle(self, call: Call) -> dict[str, str]:
         opts = resolve_options(call)
         if opts.geometry.family != "hrnet":

@@ -4,7 +4,7 @@ turn per-task values into one value (``tokens``, ``concat``, ``stack``) and back
 from __future__ import annotations
 
 from ..types import FeatureMap, TaskMap, Tokens
-from .registry import Block, Call, Input, Param, register
+from .registry import Block, Call, Fusion, Input, Param, register
 
 ACTIVATIONS = ("relu", "gelu", "none")
 NORMS = ("bn", "ln", "none")
@@ -14,6 +14,7 @@ NORMS = ("bn", "ln", "none")
 class ConvBnAct(Block):
     name = "conv_bn_act"
     module = "mtl_dsl.modules.common.ConvBnAct"
+    fusion = Fusion("mtl_dsl.modules.batched.heads.conv_bn_acts", vary=("channels", "init"))
     doc = "Conv2d (no bias when a norm follows) -> norm -> activation."
     args = {
         "x": Input((FeatureMap,), "input map"),
@@ -42,6 +43,7 @@ class ConvBnAct(Block):
 class Linear(Block):
     name = "linear"
     module = "mtl_dsl.modules.common.PositionwiseLinear"
+    fusion = Fusion("mtl_dsl.modules.batched.common.linears", vary=("init",))
     doc = "A per-position Linear layer on a feature map's channels or on tokens."
     args = {
         "x": Input((FeatureMap, Tokens), "map or tokens"),
@@ -87,6 +89,7 @@ class LinearNorm(Block):
 class Mlp(Block):
     name = "mlp"
     module = "mtl_dsl.modules.common.Mlp"
+    fusion = Fusion("mtl_dsl.modules.batched.common.mlps")
     doc = "Linear -> GELU -> Linear on every position (hidden = ratio * channels)."
     args = {
         "x": Input((FeatureMap, Tokens), "map or tokens"),
@@ -108,6 +111,7 @@ class Mlp(Block):
 class Attention(Block):
     name = "attention"
     module = "mtl_dsl.modules.common.Attention"
+    fusion = Fusion("mtl_dsl.modules.batched.common.attentions")
     doc = ("Multi-head attention with an explicit token set. `over`: \"all\" = every query attends "
            "to every key token (global MHSA; memory-efficient scaled_dot_product_attention); "
            "\"tasks\" = at each position, a query attends to the T tasks' tokens at that position "
@@ -278,6 +282,9 @@ class Dropout(Block):
 
     def infer(self, call: Call):
         return call.inputs["x"]
+
+    def draws_random(self, call: Call) -> bool:
+        return call["p"] > 0
 
 
 @register

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from ..types import FeatureMap, TaskMap, same_dim
 from ..weights.layout import Alias, multihead_attention, renames
-from .registry import Block, Call, Input, Param, register
+from .registry import Block, Call, Fusion, Input, Param, register
 
 QK_IDLE = "its softmax is over a single key, so the query/key projections never get a gradient"
 
@@ -72,6 +72,7 @@ class DemtLinearNorm(Block):
 class DeformableMixer(Block):
     name = "deformable_mixer"
     module = "mtl_dsl.modules.demt.DeformableMixer"
+    fusion = Fusion("mtl_dsl.modules.batched.demt.deformable_mixers")
     family = "demt"
     doc = ("DeMT deformable mixer (paper eqs. 2-5): 1x1 conv-GELU-BN channel mixing, then a residual "
            "branch of a 1x1 deformable conv (one offset per channel, from absolute pixel coordinates "
@@ -125,6 +126,7 @@ class TaskInteraction(Block):
 class TaskQuery(Block):
     name = "task_query"
     module = "mtl_dsl.modules.demt.TaskQuery"
+    fusion = Fusion("mtl_dsl.modules.batched.demt.task_queries")
     family = "demt"
     doc = ("DeMT task query (paper eqs. 10-12): the task's deformed map queries the interacted maps "
            "of all tasks; Linear+LayerNorm; residual on the query. over \"tasks\": official code at "
@@ -164,6 +166,7 @@ class TaskQuery(Block):
 class RatioHead(Block):
     name = "ratio_head"
     module = "mtl_dsl.modules.demt.RatioHead"
+    fusion = Fusion("mtl_dsl.modules.batched.heads.ratio_heads", vary=("task",))
     family = "demt"
     doc = ("Per-task prediction of the ATRC code base's heads (DeMT, TPANet): 3x3 conv (no bias)-BN-"
            "ReLU bottleneck whose width is the channels of `features` (the aggregated backbone "

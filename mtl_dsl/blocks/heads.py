@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 from ..types import FeatureMap
-from .registry import Block, Call, Input, Param, register
+from .registry import Block, Call, Fusion, Input, Param, register
 
 
 @register
 class DenseHead(Block):
     name = "dense_head"
     module = "mtl_dsl.modules.heads.DenseHead"
+    fusion = Fusion("mtl_dsl.modules.batched.heads.dense_heads", vary=("task",))
     doc = ("The multi-task baseline head (ATRC's FCNHead): 3x3 Conv(no bias)-BN-ReLU bottleneck, "
            "then 1x1 Conv to the task's channels (N(0, 0.01) init). The model resizes the logits "
            "to the input size.")

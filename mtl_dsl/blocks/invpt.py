@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from ..types import AttentionMap, FeatureMap, MultiScale, TaskMap, TokenGrid, same_dim
 from ..weights.layout import Alias, renames
-from .registry import Block, Call, Input, Param, register
+from .registry import Block, Call, Fusion, Input, Param, register
 
 
 def _same_grid(a: FeatureMap, b: FeatureMap, call: Call) -> bool:
@@ -104,6 +104,7 @@ class DecoderInput(Block):
 class PreliminaryDecoder(Block):
     name = "invpt_preliminary_decoder"
     module = "mtl_dsl.modules.invpt.preliminary_decoder"
+    fusion = Fusion("mtl_dsl.modules.batched.heads.conv_bn_acts")
     family = "invpt"
     doc = ("A task's preliminary decoder: 3x3 Conv(no bias)-BN-ReLU keeping the input width, then "
            "3x3 Conv(no bias)-BN-ReLU to `channels` (F_t^d of the paper).")
@@ -126,6 +127,7 @@ class PreliminaryDecoder(Block):
 class TaskMix(Block):
     name = "invpt_task_mix"
     module = "mtl_dsl.modules.invpt.TaskMix"
+    fusion = Fusion("mtl_dsl.modules.batched.invpt.task_mixes")
     family = "invpt"
     doc = ("1x1 conv (with bias) of the channel concat [feature, prediction] of one task: the "
            "decoder's input F_t^c from F_t^d and the raw preliminary logits P_t.")
@@ -171,6 +173,7 @@ TASK_DOC = "the task to take from a per-task collection input"
 class UpEmbed(Block):
     name = "invpt_up_embed"
     module = "mtl_dsl.modules.invpt.UpEmbed"
+    fusion = Fusion("mtl_dsl.modules.batched.invpt.up_embeds", vary=("task",))
     family = "invpt"
     doc = ("Reshape & Up of one task's map between decoder stages: bilinear x2, then two 3x3 "
            "Conv(no bias)-BN-ReLU with dilation 2 (padding 2), as the official code; plus the "
@@ -207,6 +210,7 @@ class UpEmbed(Block):
 class TransformerBlock(Block):
     name = "invpt_transformer"
     module = "mtl_dsl.modules.invpt.InvPTTransformerBlock"
+    fusion = Fusion(within="the tasks' depthwise query convolutions as one")
     family = "invpt"
     doc = ("One InvPT decoder stage's transformer block over the tokens of all tasks: pre-norm "
            "attention with per-task depthwise stride-2 conv + BN queries and per-task average-"
@@ -302,6 +306,7 @@ class JointNorm(Block):
 class FuseStages(Block):
     name = "invpt_fuse_stages"
     module = "mtl_dsl.modules.invpt.FuseStages"
+    fusion = Fusion("mtl_dsl.modules.batched.invpt.fuse_stages", vary=("task",))
     family = "invpt"
     doc = ("One task's decoder output from all stages (official `redu_chan` + resize + sum): every "
            "stage after the first is projected by a 1x1 conv (with bias) to `channels`, each is "

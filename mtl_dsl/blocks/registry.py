@@ -14,6 +14,9 @@ Conventions for a block's module ``forward``:
   ``TaskMap`` input a ``dict[str, Tensor]`` in task order; an omitted optional input is ``None``;
   the model's images are ``[B, 3, H, W]``.
 * one output: a tensor (or list / dict for MultiScale / TaskMap); several outputs: a tuple.
+
+A block may also declare how several of its calls run as one batched computation (``fusion``, a
+``Fusion``): the fusion pass (``mtl_dsl.passes.fuse``) groups calls by that declaration alone.
 """
 from __future__ import annotations
 
@@ -138,6 +141,30 @@ def _short(value: Any) -> str:
     return f"({text[:40]}...)" if len(text) > 43 else f"({text})"
 
 
+@dataclass(frozen=True)
+class Fusion:
+    """What lets the fusion pass (``mtl_dsl.passes.fuse``) run calls of a block as one batched
+    computation. Plain data: the batched code is imported only when a model is built.
+
+    * ``batched``: dotted path of ``fn(modules, shared, *inputs) -> list``, which computes what the
+      calls' modules compute one after another: ``modules`` are the calls' modules in order;
+      ``inputs`` follow the block's declared inputs, each either the one value every call reads
+      (``shared[i]`` true) or a list with one value per call. It returns one result per call, as
+      the module's ``forward`` would. It must equal the separate calls to float32 rounding,
+      gradients and BatchNorm statistics included, and draw random numbers (dropout) in the order
+      the separate calls would.
+    * ``vary``: parameters whose values may differ between the calls of one group (``task``: heads
+      of different tasks, whose last layers differ in width); every other parameter and the types
+      of all inputs must be equal.
+    * ``within``: the module batches per-task layers of its own (one node whose forward loops over
+      tasks): the compiler sets its ``batched`` attribute; the text says what it batches.
+    """
+
+    batched: str | None = None
+    vary: tuple[str, ...] = ()
+    within: str = ""
+
+
 class ShapeError(Exception):
     """Raised by ``Block.infer``; the checker turns it into a located ``SpecError``.
 
@@ -193,6 +220,8 @@ class Block(ABC):
     outputs: ClassVar[tuple[str, ...]] = ("out",)
     # What the block builds: "package.module.Name" (imported at build time) or the callable.
     module: ClassVar[str | Callable[..., Any] | None] = None
+    # How calls of this block run batched (see ``Fusion``); None: always one call at a time.
+    fusion: ClassVar[Fusion | None] = None
 
     @abstractmethod
     def infer(self, call: Call) -> Any:
@@ -225,6 +254,16 @@ class Block(ABC):
         """The block's module for this call."""
         target, kwargs = self.construction(call)
         return target(**kwargs)
+
+    def unfusable(self, call: Call) -> str | None:
+        """Why this call cannot join a batched group although the block declares ``fusion`` (a
+        variant without a batched implementation), else None."""
+        return None
+
+    def draws_random(self, call: Call) -> bool:
+        """Whether the module draws random numbers in training (dropout, drop path, Gumbel
+        noise): the fusion pass keeps the order of such calls."""
+        return False
 
     def idle(self, call: Call) -> dict[str, str]:
         """Parameters (names relative to the module, prefix match) that can never receive a

@@ -12,13 +12,14 @@ from __future__ import annotations
 from ..types import FeatureMap, TaskMap, same_dim
 from ..weights.layout import Alias, multihead_attention, renames
 from .demt import QK_IDLE, _check_heads, _positions, _task_maps
-from .registry import Block, Call, Input, Param, register
+from .registry import Block, Call, Fusion, Input, Param, register
 
 
 @register
 class TaskPriorExtractor(Block):
     name = "task_prior_extractor"
     module = "mtl_dsl.modules.tpanet.TaskPriorExtractor"
+    fusion = Fusion(within="the task branches and the shared branch as one convolution")
     family = "tpanet"
     doc = ("TPANet task prior extractor (paper eqs. 1-3): per task F_tp^t = specific_t(x) + inject(x) "
            "with 1x1 convolutions. Released code: groups 2, no BatchNorm; paper: groups 1 + "
@@ -83,6 +84,7 @@ class AdaptiveTaskMixing(Block):
 class TpanetCrossAttention(Block):
     name = "tpanet_cross_attention"
     module = "mtl_dsl.modules.tpanet.CrossAttention"
+    fusion = Fusion("mtl_dsl.modules.batched.tpanet.cross_attentions")
     family = "tpanet"
     doc = ("TPANet cross attention (paper eqs. 9-11): F_tp + F + MHA(F, F, F) + MHA(F_tp, F, F) with "
            "one attention for both calls. over \"self\": the released code at one image per GPU "
@@ -118,6 +120,7 @@ class TpanetCrossAttention(Block):
 class TpanetMlp(Block):
     name = "tpanet_mlp"
     module = "mtl_dsl.modules.tpanet.SharedMlp"
+    fusion = Fusion(within="one MLP call on the tokens of every task")
     family = "tpanet"
     doc = ("TPANet's MLP with residual (paper eq. 12), one module shared by all tasks as released: "
            "x + mlp(norm2(x)), mlp = [LayerNorm, Linear(D -> ratio*D), GELU, Linear(-> D)].")
