@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .batched.invpt import query_embeds
 from .common import ConvBnAct
 
 
@@ -145,7 +146,10 @@ class MultiTaskAttention(nn.Module):
 
     Queries: per task a depthwise 3x3 stride-2 conv + BN, then a shared Linear. Keys and values:
     per task average pooling (kernel = stride = ``kv_pool``, ceil mode), then a shared Linear each.
+    ``batched`` (set by the compiler's fusion): the tasks' query convolutions as one.
     """
+
+    batched = False
 
     def __init__(self, tasks: list[str], dim: int, heads: int, kv_pool: int, query_stride: int = 2,
                  amp: str | None = "conv", scale: str = "stage", qkv_bias: bool = True):
@@ -173,7 +177,10 @@ class MultiTaskAttention(nn.Module):
 
     def forward(self, x: dict[str, torch.Tensor], previous: torch.Tensor | None,
                 previous_grid: tuple[int, int] | None):
-        queries = [self.query_embed[t](x[t]) for t in self.tasks]
+        if self.batched:
+            queries = query_embeds(self, x)
+        else:
+            queries = [self.query_embed[t](x[t]) for t in self.tasks]
         pooled = [self.kv_pool(x[t]) for t in self.tasks]
         grid = tuple(queries[0].shape[-2:])
         q = self._heads(self.q(tokens_of(queries)))
@@ -231,6 +238,15 @@ class InvPTTransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         init_stage_weights(self)
+
+    @property
+    def batched(self) -> bool:
+        """The tasks' query convolutions as one (the compiler's fusion sets it)."""
+        return self.attn.batched
+
+    @batched.setter
+    def batched(self, value: bool) -> None:
+        self.attn.batched = value
 
     def forward(self, x: dict[str, torch.Tensor], previous: torch.Tensor | None = None):
         maps = [x[t] for t in self.tasks]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .batched.tpanet import prior_extractor, shared_mlp
 from .demt import TokenAttention, map_tokens, token_map
 
 
@@ -22,7 +23,10 @@ def prior_branch(cin: int, dim: int, groups: int, norm: bool) -> nn.Sequential:
 
 
 class TaskPriorExtractor(nn.Module):
-    """F_tp^t = specific_t(x) + inject(x) (paper eqs. 1-3)."""
+    """F_tp^t = specific_t(x) + inject(x) (paper eqs. 1-3). ``batched`` (set by the compiler's
+    fusion): all branches as one convolution."""
+
+    batched = False
 
     def __init__(self, in_channels: int, dim: int, tasks: list[str], groups: int = 2,
                  norm: str = "none"):
@@ -32,6 +36,8 @@ class TaskPriorExtractor(nn.Module):
         self.inject_prior = prior_branch(cin, dim, groups, norm)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.batched:
+            return prior_extractor(self, x)
         shared = self.inject_prior(x)
         return {t: branch(x) + shared for t, branch in self.specific_tasks.items()}
 
@@ -92,7 +98,10 @@ class CrossAttention(nn.Module):
 
 class SharedMlp(nn.Module):
     """x + mlp(norm2(x)) for every task with one ``mlp`` and one ``norm2`` (released code; paper
-    eq. 12). mlp = [LN, Linear(D -> ratio*D), GELU, Linear(-> D)]."""
+    eq. 12). mlp = [LN, Linear(D -> ratio*D), GELU, Linear(-> D)]. ``batched`` (set by the
+    compiler's fusion): one call on the tokens of every task."""
+
+    batched = False
 
     def __init__(self, in_channels: int, ratio: int = 2):
         super().__init__()
@@ -102,6 +111,8 @@ class SharedMlp(nn.Module):
                                  nn.Linear(ratio * dim, dim))
 
     def forward(self, maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.batched:
+            return shared_mlp(self, maps)
         out = {}
         for t, m in maps.items():
             x = map_tokens(m)
