@@ -81,6 +81,21 @@ def load_ir(spec: str | Path, tasks: str | TaskProfile | None = None,
     return ir
 
 
+# ``--set fuse=false``: a compile option, not a parameter of the spec (see ``compile_model``).
+FUSE_OPTION = "fuse"
+
+
+def fusion_option(overrides: dict[str, Any] | None) -> tuple[dict[str, Any], bool]:
+    """``overrides`` without the ``fuse`` option, and whether fusion is on (default: on)."""
+    rest = dict(overrides or {})
+    fuse = rest.pop(FUSE_OPTION, True)
+    if not isinstance(fuse, bool):
+        raise SpecError(Diagnostic("--set", 1, len(FUSE_OPTION) + 2,
+                                   f"{FUSE_OPTION} takes true or false, got {fuse!r}",
+                                   source_line=f"{FUSE_OPTION}={fuse}"))
+    return rest, fuse
+
+
 def _lower(spec, tasks, overrides, preset, input_size, model, plugins: Sequence[str] = (),
            sources=None, parsed=None, lowerers=None) -> tuple[ModelIR, Diagnostics]:
     """The IR, and the diagnostics sink (with the sources) the checker goes on reporting into.
@@ -89,6 +104,7 @@ def _lower(spec, tasks, overrides, preset, input_size, model, plugins: Sequence[
     a list the lowerer is appended to (``check_document`` reads its files)."""
     from .plugins import load_installed, load_plugins
 
+    overrides, _ = fusion_option(overrides)
     load_installed()  # installed packages' blocks (entry-point group mtl_dsl.blocks), once
     load_plugins(plugins, origin="plugins")
     path, display = resolve_spec_path(spec)
@@ -144,12 +160,16 @@ def check_document(spec: str | Path, tasks: str | TaskProfile | None = None,
 def compile_model(spec: str | Path, tasks: str | TaskProfile | None = None,
                   overrides: dict[str, Any] | None = None, preset: str | None = None,
                   input_size: tuple[int, int] | None = None, model: str | None = None,
-                  plugins: Sequence[str] = (),
-                  sources: dict[str, str] | None = None) -> "CompiledModel":
+                  plugins: Sequence[str] = (), sources: dict[str, str] | None = None,
+                  fuse: bool | None = None) -> "CompiledModel":
+    """The model of a spec. Cross-task fusion (``mtl_dsl.passes.fuse``) is on unless ``fuse`` is
+    false or the overrides say ``fuse = false`` (``--set fuse=false``); it changes how the model
+    runs, never its parameters, and ``model.set_fusion`` switches it later."""
     from .compiler import compile_graph
 
-    return compile_graph(check_spec(spec, tasks, overrides, preset, input_size, model, plugins,
-                                    sources=sources))
+    overrides, fuse_set = fusion_option(overrides)
+    graph = check_spec(spec, tasks, overrides, preset, input_size, model, plugins, sources=sources)
+    return compile_graph(graph, fuse=fuse_set if fuse is None else fuse)
 
 
 def build_model(spec: Any, tasks: str | TaskProfile | None = None,
@@ -164,7 +184,7 @@ def build_model(spec: Any, tasks: str | TaskProfile | None = None,
     return compile_model(str(spec), tasks, overrides, preset, input_size, plugins=plugins)
 
 
-def compile_ir(ir: ModelIR) -> "CompiledModel":
+def compile_ir(ir: ModelIR, fuse: bool = True) -> "CompiledModel":
     from .compiler import compile_graph
 
-    return compile_graph(check_ir(ir))
+    return compile_graph(check_ir(ir), fuse=fuse)

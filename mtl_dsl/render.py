@@ -8,6 +8,7 @@ from typing import Any
 
 from .checker import CheckedGraph
 from .ir import CollectionRef, Ref
+from .passes.fuse import FusionPlan
 
 
 def _literal(v: Any) -> str:
@@ -64,7 +65,9 @@ def _operator_text(n: Node) -> str | None:
     return None
 
 
-def render_spec(graph: CheckedGraph) -> str:
+def render_spec(graph: CheckedGraph, fusion: FusionPlan | None = None) -> str:
+    """The resolved spec; with a fusion plan, each node says whether it runs batched and with
+    which calls, or why not (``fusion`` None: fusion is off)."""
     ir = graph.ir
     out = [f"# model '{ir.name}' from {ir.file}, resolved"
            + (f" with preset '{ir.preset}'" if ir.preset else ""),
@@ -72,6 +75,10 @@ def render_spec(graph: CheckedGraph) -> str:
            + f"; input {ir.input_size[0]}x{ir.input_size[1]}"]
     for path in ir.imports:
         out.append(f"# imported: {path}")
+    if fusion is None:
+        out.append("# fusion off (--set fuse=false)")
+    else:
+        out.append(f"# fusion: {fusion.describe()[0]} (--set fuse=false turns it off)")
     out.append(f"model {ir.name}(")
     for name, p in ir.params.items():
         origin = {"default": f"default, {p.loc.file}:{p.loc.line}", "preset": f"preset "
@@ -92,6 +99,9 @@ def render_spec(graph: CheckedGraph) -> str:
         out.append(f"{text}  # {shape}  <- {where}")
         if defaults and expression is None:
             out.append(f"  {' ' * len(n.name)}   # defaults: {', '.join(defaults)}")
+        note = fusion.note(n.name) if fusion is not None else ""
+        if note:
+            out.append(f"  {' ' * len(n.name)}   # {note}")
     for o in ir.outputs:
         suffix = "" if o.name == "final" else f".{o.name}"
         out.append(f"  out[{o.task}]{suffix} = {_ref(o.value)}")

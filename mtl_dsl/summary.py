@@ -79,7 +79,8 @@ def model_figures(model: CompiledModel, batch: int = 1, count_flops: bool = True
         was_training = model.training
         model.eval()
         h, w = model.input_size
-        report = count_macs(model, torch.zeros(batch, 3, h, w))
+        with model.fusion_off():  # every node's own module runs, so its MACs are its own
+            report = count_macs(model, torch.zeros(batch, 3, h, w))
         model.train(was_training)
         total_macs = report.total
         uncounted = report.uncounted
@@ -90,8 +91,8 @@ def model_figures(model: CompiledModel, batch: int = 1, count_flops: bool = True
 
 
 def print_summary(graph: CheckedGraph, batch: int = 1, count_flops: bool = True,
-                  model: CompiledModel | None = None) -> CompiledModel:
-    model = model or compile_graph(graph)
+                  model: CompiledModel | None = None, fuse: bool = True) -> CompiledModel:
+    model = model or compile_graph(graph, fuse=fuse)
     ir = graph.ir
     size = tuple(ir.input_size)
     figures = model_figures(model, batch, count_flops)
@@ -135,6 +136,7 @@ def print_summary(graph: CheckedGraph, batch: int = 1, count_flops: bool = True,
                   f"{', '.join(figures['uncounted'])}")
         else:
             print("every op that does multiply-adds was counted.")
+    print_fusion(model)
     if model.idle_parameters:
         official = official_implementation(ir.file)
         if official:
@@ -149,3 +151,16 @@ def print_summary(graph: CheckedGraph, batch: int = 1, count_flops: bool = True,
             shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
             print(f"  {shown}: {reason}")
     return model
+
+
+def print_fusion(model: CompiledModel) -> None:
+    """Which calls run batched (``mtl_dsl.passes.fuse``) and why the others do not."""
+    plan = model.fusion
+    lines = plan.describe()
+    if model.fused:
+        print(f"fusion on (--set fuse=false turns it off): {lines[0]}; per-node figures are "
+              f"each call's own")
+    else:
+        print(f"fusion off (--set fuse=false); on, it would have {lines[0]}")
+    for line in lines[1:]:
+        print(f"  {line}")

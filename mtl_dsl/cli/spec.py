@@ -25,9 +25,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from ..api import check_spec
+    from ..api import check_spec, fusion_option
 
-    graph = check_spec(args.spec, **spec_kwargs(args))
+    kwargs = spec_kwargs(args)
+    _, fuse = fusion_option(kwargs["overrides"])
+    graph = check_spec(args.spec, **kwargs)
     if args.emit:
         for target in args.emit:
             _emit(graph, target)
@@ -35,7 +37,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
             return 0
     from ..summary import print_summary
 
-    print_summary(graph, batch=args.batch, count_flops=not args.no_flops)
+    print_summary(graph, batch=args.batch, count_flops=not args.no_flops, fuse=fuse)
     return 0
 
 
@@ -64,10 +66,14 @@ def _emit(graph: Any, target: str) -> None:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from ..api import check_spec
+    from ..api import check_spec, fusion_option
+    from ..passes import plan_fusion
     from ..render import render_spec
 
-    print(render_spec(check_spec(args.spec, **spec_kwargs(args))))
+    kwargs = spec_kwargs(args)
+    _, fuse = fusion_option(kwargs["overrides"])
+    graph = check_spec(args.spec, **kwargs)
+    print(render_spec(graph, plan_fusion(graph) if fuse else None))
     return 0
 
 
