@@ -1,0 +1,132 @@
+"""Cross-task fusion: one training step of each reference spec with fusion on and off.
+
+    .venv/bin/python benchmarks/fusion.py                     # every row, 5 steps each way
+    .venv/bin/python benchmarks/fusion.py --rows baseline_mt,demt --reps 9
+    .venv/bin/python benchmarks/fusion.py --device cuda       # the same table on a GPU
+
+Each row is a reference spec at its official size (NYUD-v2, 4 tasks, 425x560; InvPT 448x576) with
+batch 2. One model is built per row; its two forwards (``set_fusion(True/False)``) share the same
+parameters. A step is forward + a loss over every output + backward + zeroing the gradients, in
+training mode (BatchNorm updates its statistics). After one warm-up step each way, the two are
+timed alternately (off/on, then on/off, ...) so that drifting load on a shared machine hits both
+alike; the table shows the median of each and their ratio (speed-up = unfused / fused), and the
+fusion plan (calls batched into groups).
+
+Targets (issue 13): at least 1.2x on DeMT and TPANet, 1.1x on the baseline, no spec slower.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    spec: str
+    preset: str | None
+    input: tuple[int, int]
+
+
+NYUD = (425, 560)
+ROWS = [
+    Row("baseline_mt", "baseline_mt", "hrnet18", NYUD),
+    Row("demt", "demt", "hrnet18", NYUD),
+    Row("tpanet", "tpanet", "hrnet18", NYUD),
+    Row("atrc_nyud_hrnet18", "atrc_nyud_hrnet18", None, NYUD),
+    Row("invpt", "invpt", "vit_l", (448, 576)),
+]
+
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def step_time(model, images, fused: bool, clock: str = "wall") -> float:
+    import torch
+
+    model.set_fusion(fused)
+    sync = torch.cuda.synchronize if images.is_cuda else (lambda: None)
+    now = CLOCKS[clock]
+    sync()
+    t0 = now()
+    out = model(images)
+    loss = sum(v.float().mean() for task in out.values() for v in task.values())
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    sync()
+    return now() - t0
+
+
+def measure(row: Row, reps: int, batch: int, device: str, clock: str = "wall") -> dict:
+    import torch
+
+    from mtl_dsl.api import compile_model
+
+    torch.manual_seed(0)
+    model = compile_model(row.spec, tasks="nyud", preset=row.preset, input_size=row.input)
+    model.to(device).train()
+    images = torch.randn(batch, 3, *row.input, device=device)
+    for fused in (False, True):
+        step_time(model, images, fused, clock)
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for i in range(reps):
+        for fused in ((False, True) if i % 2 == 0 else (True, False)):
+            times[fused].append(step_time(model, images, fused, clock))
+    off, on = statistics.median(times[False]), statistics.median(times[True])
+    plan = model.fusion
+    return dict(row=row, off=off, on=on, groups=len(plan.groups), calls=plan.fused_nodes,
+                within=len(plan.within), spread=(min(times[False]), max(times[False]),
+                                                 min(times[True]), max(times[True])))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rows", default=",".join(r.name for r in ROWS),
+                   help="comma-separated: " + ", ".join(r.name for r in ROWS))
+    p.add_argument("--reps", type=int, default=5, help="timed steps each way (median)")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                   help="wall: elapsed time; cpu: the process's CPU time, which other load on a "
+                        "shared machine disturbs less (use with --threads 1: idle OpenMP threads "
+                        "spin and count as CPU time)")
+    args = p.parse_args(argv)
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    chosen = args.rows.split(",")
+    unknown = [r for r in chosen if r not in {row.name for row in ROWS}]
+    if unknown:
+        p.error(f"unknown rows: {', '.join(unknown)}")
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else \
+        f"CPU, {torch.get_num_threads()} threads"
+    print(f"train step (forward + backward), batch {args.batch}, {where}, median of {args.reps} "
+          f"({args.clock} clock)")
+    print(f"{'spec':20s} {'input':>8s} {'unfused s':>10s} {'fused s':>9s} {'speed-up':>9s}  "
+          f"fusion plan")
+    for row in ROWS:
+        if row.name not in chosen:
+            continue
+        r = measure(row, args.reps, args.batch, args.device, args.clock)
+        size = f"{row.input[0]}x{row.input[1]}"
+        plan = f"{r['calls']} calls in {r['groups']} groups, {r['within']} modules batched inside"
+        print(f"{row.name:20s} {size:>8s} {r['off']:10.3f} {r['on']:9.3f} "
+              f"{r['off'] / r['on']:8.2f}x  {plan}", flush=True)
+        lo_off, hi_off, lo_on, hi_on = r["spread"]
+        print(f"{'':20s} {'range':>8s} {lo_off:.3f}-{hi_off:.3f} {lo_on:.3f}-{hi_on:.3f}",
+              flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
