@@ -8,8 +8,9 @@ The API a user needs, from the package itself::
 
 ``load_ir`` (spec -> typed IR) and ``check_spec`` (IR -> shape-checked graph) never import torch;
 ``compile_model`` builds the ``nn.Module``. ``block`` makes an ``nn.Module`` a block of the
-language (docs/blocks.md); ``register`` (with ``Block``, ``Input``, ``Param``, ``Call``) adds a
-block declared by hand; ``load_plugins`` imports the modules that define blocks. The names are loaded on first use, so ``import mtl_dsl``
+language (docs/blocks.md); ``register`` (with ``Block``, ``Input``, ``Param``, ``Call``; ``Fusion``
+for a batched form) adds a block declared by hand; ``load_plugins`` imports the modules that define
+blocks. The names are loaded on first use, so ``import mtl_dsl``
 stays instant and imports neither torch nor the front-end.
 """
 from __future__ import annotations
@@ -32,6 +33,7 @@ _EXPORTS = {
     "register": "mtl_dsl.blocks.registry",
     "Block": "mtl_dsl.blocks.registry",
     "Call": "mtl_dsl.blocks.registry",
+    "Fusion": "mtl_dsl.blocks.registry",
     "Input": "mtl_dsl.blocks.registry",
     "Param": "mtl_dsl.blocks.registry",
     "ShapeError": "mtl_dsl.blocks.registry",
@@ -40,7 +42,7 @@ __all__ = ["SpecError", "__version__", *_EXPORTS]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .api import check_spec, compile_ir, compile_model, load_ir
-    from .blocks.registry import Block, Call, Input, Param, ShapeError, register
+    from .blocks.registry import Block, Call, Fusion, Input, Param, ShapeError, register
     from .blocks.user import block
     from .plugins import load_plugins
 

@@ -68,8 +68,27 @@ def assert_outputs_close(got: dict[str, torch.Tensor], expected: dict[str, torch
         assert error <= 1e-5 * scale, (k, error, scale)
 
 
+def calibrate_batchnorm(model, images: torch.Tensor) -> None:
+    """Every BatchNorm's running statistics set to those of ``images`` (what a trained model's
+    are, near enough). At random init (mean 0, variance 1) a model in evaluation mode computes
+    activations in the hundreds and softmaxes near one-hot, which magnify float32 rounding
+    (1e-13 apart in float64, 3e-4 in float32 for TPANet's paper variant): that compares the
+    conditioning of a random model, not the batched forms."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 1.0
+    model.train()
+    model.set_fusion(False)
+    with torch.no_grad():
+        model(images)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+
+
 def assert_fusion_exact(model, images: torch.Tensor) -> None:
-    """Fused == unfused: train-mode outputs, gradients and buffers after a step, eval outputs."""
+    """Fused == unfused: train-mode outputs, gradients and buffers after a step, eval outputs
+    (running statistics calibrated on the images)."""
     state = {k: v.clone() for k, v in model.state_dict().items()}
     model.train()
     out_u, grads_u, bufs_u = _step(model, images, False)
@@ -80,6 +99,7 @@ def assert_fusion_exact(model, images: torch.Tensor) -> None:
     for k, b in bufs_u.items():
         torch.testing.assert_close(bufs_f[k], b, rtol=1e-5, atol=1e-6, msg=k)
     model.load_state_dict(state)
+    calibrate_batchnorm(model, images)
     model.eval()
     eval_u, eval_f = _eval_outputs(model, images, False), _eval_outputs(model, images, True)
     assert_outputs_close(eval_f, eval_u)
@@ -156,7 +176,7 @@ def _task_string(tasks: list[str]) -> str:
     return ",".join(f"{t}:3" if t in ("semseg", "human_parts") else t for t in tasks)
 
 
-@settings(max_examples=40, deadline=None,
+@settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(spec=random_spec(), tasks=task_sets, h=st.integers(8, 14), w=st.integers(8, 14),
        batch=st.integers(1, 2))
@@ -194,9 +214,9 @@ REFERENCE = [
 def test_every_reference_spec_gives_the_same_results_with_fusion_on(spec, preset, overrides):
     torch.manual_seed(0)
     model = compile_model(spec, tasks="nyud", preset=preset, overrides=overrides,
-                          input_size=(48, 64))
+                          input_size=(32, 32))
     assert model.fusion.groups
-    assert_fusion_exact(model, torch.randn(2, 3, 48, 64))
+    assert_fusion_exact(model, torch.randn(2, 3, 32, 32))
 
 
 def test_invpt_gives_the_same_results_with_fusion_on():
@@ -279,8 +299,11 @@ def test_a_group_that_would_reorder_random_draws_is_not_formed(tmp_path: Path):
     unfused, _, _ = _step(model, images, False, seed=3)
     model.load_state_dict(state)
     fused, _, _ = _step(model, images, True, seed=3)
-    for k in unfused:  # the same masks: equal, not merely close
-        assert torch.equal(fused[k], unfused[k]), k
+    # The same masks: a different mask changes outputs by O(1), rounding by 1e-7.
+    assert_outputs_close(fused, unfused)
+    model.load_state_dict(state)
+    other, _, _ = _step(model, images, True, seed=4)  # other masks: visibly other outputs
+    assert any((other[k] - unfused[k]).abs().max() > 1e-3 for k in unfused)
 
 
 def test_the_plan_is_made_without_torch():
@@ -355,6 +378,27 @@ def test_compile_and_render_show_what_runs_batched(capsys):
 
 # -- the runtime: freezing, torch.compile, SyncBatchNorm, DDP ----------------------------------------
 
+# Per-task deformable mixers on one map, then per-task heads: two groups, with grouped
+# convolutions, one deform_conv2d and grouped BatchNorms (small enough for DDP and compile tests).
+TINY_SPEC = """
+model tiny(dim = 8) {
+  x = conv_bn_act(images, dim, stride = 2)
+  for t in tasks {
+    m[t] = deformable_mixer(x)
+    out[t] = dense_head(m[t], task = t)
+  }
+}
+"""
+
+
+def tiny_model(folder: Path, fuse: bool = True):
+    path = folder / "tiny.mtl"
+    path.write_text(TINY_SPEC)
+    model = compile_model(path, tasks="semseg:3,depth", input_size=(32, 48), fuse=fuse)
+    assert {g.block for g in model.fusion.groups} == {"deformable_mixer", "dense_head"}
+    return model
+
+
 def test_idle_parameters_stay_frozen_and_every_other_one_gets_a_gradient():
     torch.manual_seed(0)
     model = compile_model("tpanet", tasks="semseg:3,depth", preset="hrnet18", input_size=(32, 48))
@@ -368,9 +412,9 @@ def test_idle_parameters_stay_frozen_and_every_other_one_gets_a_gradient():
             assert p.grad is not None, name  # DDP without find_unused_parameters needs this
 
 
-def test_torch_compile_runs_the_fused_model_forward_and_backward():
+def test_torch_compile_runs_the_fused_model_forward_and_backward(tmp_path: Path):
     torch.manual_seed(0)
-    model = compile_model("demt", tasks="semseg:3,depth", preset="hrnet18", input_size=(32, 48))
+    model = tiny_model(tmp_path)
     images = torch.randn(2, 3, 32, 48)
     model.train()
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -387,12 +431,11 @@ def test_torch_compile_runs_the_fused_model_forward_and_backward():
         torch.testing.assert_close(b, eager_bufs[name], rtol=1e-5, atol=1e-6)
 
 
-def test_sync_batchnorm_modules_run_batched_groups_call_by_call():
+def test_sync_batchnorm_modules_run_batched_groups_call_by_call(tmp_path: Path):
     torch.manual_seed(0)
-    model = compile_model("baseline_mt", tasks="depth,normals", input_size=(32, 32))
-    model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(tiny_model(tmp_path))
     assert isinstance(model.out.depth.bottleneck.bn, torch.nn.SyncBatchNorm)
-    assert_fusion_exact(model, torch.randn(2, 3, 32, 32))
+    assert_fusion_exact(model, torch.randn(2, 3, 32, 48))
 
 
 def _ddp_worker(rank: int, world: int, port: int, folder: str) -> None:
@@ -403,7 +446,9 @@ def _ddp_worker(rank: int, world: int, port: int, folder: str) -> None:
                             world_size=world)
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    model = compile_model("tpanet", tasks="semseg:3,depth", preset="hrnet18", input_size=(32, 48))
+    own = Path(folder) / f"rank{rank}"
+    own.mkdir()
+    model = tiny_model(own)
     ddp = DistributedDataParallel(model, find_unused_parameters=False)
     images = torch.randn(2 * world, 3, 32, 48, generator=torch.Generator().manual_seed(1))
     out = ddp(images[2 * rank:2 * rank + 2])
@@ -425,8 +470,7 @@ def test_ddp_averages_the_gradients_of_the_fused_model(tmp_path: Path):
     mp.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
     ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
     torch.manual_seed(0)
-    model = compile_model("tpanet", tasks="semseg:3,depth", preset="hrnet18", input_size=(32, 48),
-                          fuse=False)
+    model = tiny_model(tmp_path, fuse=False)
     images = torch.randn(4, 3, 32, 48, generator=torch.Generator().manual_seed(1))
     grads: dict[str, torch.Tensor] = {}
     for part in (images[:2], images[2:]):

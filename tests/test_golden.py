@@ -1,6 +1,7 @@
 """Proof by computation: the official checkpoints, converted with `mtl-dsl convert`, make the
 compiled specs compute the official outputs (tests/fixtures/golden: made by running the official
-code). NYUD-v2, 425x560, eval mode, float32, CPU."""
+code). NYUD-v2, 425x560, eval mode, float32, CPU; with cross-task fusion on, as compiled by
+default (``tests/test_fusion.py`` holds the unfused model equal to it)."""
 from __future__ import annotations
 
 import json
@@ -43,6 +44,7 @@ def test_converted_official_weights_reproduce_the_official_outputs(fixture, spec
         in report and "every model tensor got a value" in report
 
     model = compile_model(spec, tasks="nyud")
+    assert model.fused and model.fusion.groups  # cross-task fusion on (the default): issue 13
     model.load_state_dict(load_file(str(out / "model.safetensors")), strict=True)
     model.eval()
     images = load_file(str(GOLDEN / "input.safetensors"))["images"]
