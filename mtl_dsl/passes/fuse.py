@@ -167,7 +167,7 @@ def _key(node: Node, graph: CheckedGraph, depth: int, vary: tuple[str, ...]) -> 
     call = graph.calls[node.name]
     params = {k: v for k, v in call.params.items() if k not in vary}
     inputs = tuple((k, _type_key(v)) for k, v in call.inputs.items())
-    return (node.block, depth, json.dumps(params, sort_keys=True), inputs)
+    return (node.block, depth, json.dumps(params, sort_keys=True, default=repr), inputs)
 
 
 def _group(members: list[str], nodes: dict[str, Node]) -> Group:
