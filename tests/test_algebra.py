@@ -36,7 +36,7 @@ def node_outputs(model, images: torch.Tensor) -> dict[str, torch.Tensor]:
     hooks = [model.get_submodule(n.name).register_forward_hook(
         lambda mod, args, out, name=n.name: seen.__setitem__(name, out)) for n in model.ir.nodes]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), model.fusion_off():  # each node's own module runs (hooks see it)
             model(images)
     finally:
         for h in hooks:

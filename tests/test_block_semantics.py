@@ -81,7 +81,8 @@ def test_compiled_demt_decoder_keeps_both_residuals():
     exactly its query (the mixer's output) as that node's result."""
     torch.manual_seed(2)
     model = compile_model("demt", tasks="semseg:3,depth", input_size=(32, 32),
-                          overrides={"backbone": "resnet18", "dim": 8, "heads": 2}).eval()
+                          overrides={"backbone": "resnet18", "dim": 8, "heads": 2},
+                          fuse=False).eval()  # each node's own module runs (hooks see it)
     seen = {}
     hooks = [model.get_submodule(n).register_forward_hook(
         lambda m, i, o, n=n: seen.__setitem__(n, (i, o))) for n in ("q.q.depth", "d.d.depth.m.0")]

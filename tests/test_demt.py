@@ -243,7 +243,8 @@ def run_and_check_shapes(model, images) -> dict:
     hooks = [module.register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, o))
              for name, module in model.node_modules().items()]
     try:
-        out = model(images)
+        with model.fusion_off():  # each node's own module runs (hooks see it)
+            out = model(images)
     finally:
         for h in hooks:
             h.remove()

@@ -205,7 +205,7 @@ def assert_shapes_match_the_checker(model, size):
         lambda mod, args, out, name=name: seen.__setitem__(name, out))
         for name, module in model.node_modules().items()]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), model.fusion_off():  # each node's own module runs (hooks see it)
             outputs = model.eval()(torch.randn(1, 3, *size))
     finally:
         for h in hooks:
