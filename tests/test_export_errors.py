@@ -48,10 +48,12 @@ def differ_from_eager(y):
 
 
 def baseline(node: str | None = None, after=None):
-    """The small baseline, optionally with node ``node``'s module followed by ``after``."""
+    """The small baseline, optionally with node ``node``'s module followed by ``after``; with
+    fusion off: each node's own module runs under its own name scope (a fused group of heads runs
+    their layers through one batched form, which no single node owns)."""
     torch.manual_seed(0)
     model = compile_model("baseline_mt", tasks="semseg:3,depth", input_size=(32, 48),
-                          overrides={"backbone": "resnet18"}).eval()
+                          overrides={"backbone": "resnet18"}, fuse=False).eval()
     if node is not None:
         parent, _, leaf = node.rpartition(".")
         owner = model.get_submodule(parent) if parent else model
