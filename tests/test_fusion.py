@@ -176,7 +176,7 @@ def _task_string(tasks: list[str]) -> str:
     return ",".join(f"{t}:3" if t in ("semseg", "human_parts") else t for t in tasks)
 
 
-@settings(max_examples=25, deadline=None,
+@settings(max_examples=25, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(spec=random_spec(), tasks=task_sets, h=st.integers(8, 14), w=st.integers(8, 14),
        batch=st.integers(1, 2))
@@ -188,6 +188,35 @@ def test_fused_equals_unfused_on_random_fan_out_specs(tmp_path, spec, tasks, h, 
     if len(tasks) > 1:
         assert model.fusion.groups, model.fusion.describe()
     assert_fusion_exact(model, torch.randn(batch, 3, h, w))
+
+
+KV_OVER_THE_COLLECTION = """model fan(dim = 8) {
+  x = conv_bn_act(images, dim, stride = 2)
+  for t in tasks {
+    s0[t] = deformable_mixer(x)
+  }
+  for t in tasks {
+    s1[t] = to_map(attention(tokens(s0[t]), kv = tokens(s0), heads = 2, over = "tasks"))
+  }
+  for t in tasks {
+    out[t] = conv_bn_act(s1[t], channels(t), kernel = 1, norm = "none", act = "none")
+  }
+}
+"""
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known defect, issue 13 open: with a per-task attention whose keys are the tokens of the whole "
+    "collection (kv = tokens(s0)) after per-task deformable mixers, the fused and unfused gradients "
+    "of the second task's mixer differ by ~100 %; in float64 the FUSED gradient equals central "
+    "finite differences (1e-10) and the UNFUSED one does not, so the unfused graph is the suspect. "
+    "Found by the random-spec test above (now derandomized so CI is deterministic)"))
+def test_known_defect_attention_keyed_by_the_whole_collection(tmp_path):
+    path = tmp_path / "fan.mtl"
+    path.write_text(KV_OVER_THE_COLLECTION)
+    torch.manual_seed(0)
+    model = compile_model(path, tasks=_task_string(["semseg", "human_parts"]), input_size=(8, 8))
+    assert_fusion_exact(model, torch.randn(1, 3, 8, 8))
 
 
 # -- reference specs ---------------------------------------------------------------------------------
