@@ -33,12 +33,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..errors import SpecError, usage_error
+from .checkpoint_format import FORMAT, META_FILE, MODEL_FILE, STATE_FILE
 from .failures import CheckpointWriteError
-
-FORMAT = "mtl-dsl-checkpoint/1"
-MODEL_FILE = "model.safetensors"
-STATE_FILE = "optimizer.safetensors"
-META_FILE = "meta.json"
+from .runlock import pid_alive
 
 
 def ir_hash(ir: Any) -> str:
@@ -197,25 +194,12 @@ def prune_checkpoints(folder: str | Path, keep: int) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process of this id runs on this machine."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 # --- reading --------------------------------------------------------------------------------------
 
 
 @dataclass
 class LoadedCheckpoint:
-    path: Path
+    path: Any  # a local Path, or a storage Location for a checkpoint in remote storage
     meta: dict
     model_state: dict[str, torch.Tensor] = field(repr=False)
     state_tensors: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
@@ -245,8 +229,32 @@ def read_shapes(path: Path) -> dict[str, tuple[int, ...]]:
         raise usage_error(str(path), f"corrupt checkpoint file {path}: {exc}") from None
 
 
-def read_meta(path: str | Path) -> dict:
-    file = Path(path) / META_FILE
+def _remote(path: Any):
+    """``path`` as a storage ``Location`` if it is a URI or a Location (else None)."""
+    from .storage import Location, is_remote, open_location
+
+    if isinstance(path, Location):
+        return None if path.local else path
+    if is_remote(path):
+        return open_location(str(path), where=str(path))
+    return None
+
+
+def _local(path: Any) -> Path:
+    from .storage import Location
+
+    return path.local_path if isinstance(path, Location) else Path(path)
+
+
+def read_meta(path: Any) -> dict:
+    """The ``meta.json`` of a checkpoint folder (a path, a URI or a storage ``Location``)."""
+    remote = _remote(path)
+    if remote is not None:
+        from .remote_checkpoints import read_meta as read_remote_meta
+
+        return read_remote_meta(remote)
+    path = _local(path)
+    file = path / META_FILE
     if not file.is_file():
         raise usage_error(str(file), f"not a checkpoint (no {META_FILE}): {Path(path)}")
     try:
@@ -258,28 +266,42 @@ def read_meta(path: str | Path) -> dict:
     return meta
 
 
-def load_checkpoint(path: str | Path, with_state: bool = True) -> LoadedCheckpoint:
+def load_checkpoint(path: Any, with_state: bool = True) -> LoadedCheckpoint:
+    """A checkpoint (folder, run folder, URI or storage ``Location``) read into memory; a remote
+    one is downloaded to a temporary folder first (removed after reading). ``path`` of the result
+    is where it was found (a local ``Path`` or a ``Location``)."""
     path = resolve_checkpoint(path)
+    if not isinstance(path, Path):
+        with path.fetched() as local:
+            loaded = _load_local(local, with_state)
+        return LoadedCheckpoint(path=path, meta=loaded.meta, model_state=loaded.model_state,
+                                state_tensors=loaded.state_tensors)
+    return _load_local(path, with_state)
+
+
+def _load_local(path: Path, with_state: bool) -> LoadedCheckpoint:
     meta = read_meta(path)
     model_state = _read_safetensors(path / MODEL_FILE)
     state = _read_safetensors(path / STATE_FILE) if with_state else {}
     return LoadedCheckpoint(path=path, meta=meta, model_state=model_state, state_tensors=state)
 
 
-def load_newest(path: str | Path, skipped: list | None = None, with_state: bool = True,
+def load_newest(path: Any, skipped: list | None = None, with_state: bool = True,
                 attempts: int = 5) -> LoadedCheckpoint:
     """``load_checkpoint(resolve_checkpoint(path, skipped))``, for a run folder that a live run
     may be writing: its pruning can delete the checkpoint chosen here before it is read (``eval``
     of a run in progress). Then the newest usable checkpoint is chosen again; an error of a
-    checkpoint that is still the newest is the user's to see."""
-    path = Path(path)
+    checkpoint that is still the newest is the user's to see. ``path``: a local path, a URI or a
+    storage ``Location`` (compared by their text: a ``Location``'s filesystem object is not)."""
+    remote = _remote(path)
+    path = remote if remote is not None else _local(path)
     for _ in range(attempts):
         passed: list = []
         chosen = resolve_checkpoint(path, passed)
         try:
             loaded = load_checkpoint(chosen, with_state=with_state)
         except (SpecError, OSError):
-            if chosen == path or newest_usable(path)[0] == chosen:
+            if str(chosen) == str(path) or str(newest_usable(path)[0]) == str(chosen):
                 raise
             continue
         if skipped is not None:
@@ -298,9 +320,15 @@ def _step_of(path: Path) -> int:
         return int(match.group(1)) if match else -1
 
 
-def list_checkpoints(folder: str | Path) -> list[Path]:
-    """Complete checkpoint directories directly under ``folder`` or one level deeper."""
-    return [p for p in _candidates(folder) if (p / META_FILE).is_file()]
+def list_checkpoints(folder: Any) -> list:
+    """Complete checkpoint directories directly under ``folder`` or one level deeper (local
+    paths, or storage ``Location``s for a remote run folder)."""
+    remote = _remote(folder)
+    if remote is not None:
+        from .remote_checkpoints import list_checkpoints as list_remote
+
+        return list_remote(remote)
+    return [p for p in _candidates(_local(folder)) if (p / META_FILE).is_file()]
 
 
 def _candidates(folder: str | Path) -> list[Path]:
@@ -326,9 +354,15 @@ def latest_checkpoint(folder: str | Path) -> Path | None:
     return max(found, key=_step_of) if found else None
 
 
-def checkpoint_problem(path: Path) -> str | None:
+def checkpoint_problem(path: Any) -> str | None:
     """Why the checkpoint at ``path`` cannot be loaded (a missing, corrupt or truncated file), or
     None; reads only meta.json and the safetensors headers."""
+    remote = _remote(path)
+    if remote is not None:
+        from .remote_checkpoints import problem
+
+        return problem(remote)
+    path = _local(path)
     try:
         read_meta(path)
         read_shapes(path / MODEL_FILE)
@@ -338,11 +372,16 @@ def checkpoint_problem(path: Path) -> str | None:
     return None
 
 
-def newest_usable(folder: str | Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+def newest_usable(folder: Any) -> tuple[Any, list[tuple[Any, str]]]:
     """(the newest checkpoint of a run folder that can be loaded, the newer ones skipped with the
-    reason for each)."""
+    reason for each); ``Location``s for a remote run folder."""
+    remote = _remote(folder)
+    if remote is not None:
+        from .remote_checkpoints import newest_usable as newest_remote
+
+        return newest_remote(remote)
     skipped: list[tuple[Path, str]] = []
-    for path in sorted(_candidates(folder), key=_step_of, reverse=True):
+    for path in sorted(_candidates(_local(folder)), key=_step_of, reverse=True):
         problem = checkpoint_problem(path)
         if problem is None:
             return path, skipped
@@ -350,10 +389,16 @@ def newest_usable(folder: str | Path) -> tuple[Path | None, list[tuple[Path, str
     return None, skipped
 
 
-def resolve_checkpoint(path: str | Path, skipped: list | None = None) -> Path:
+def resolve_checkpoint(path: Any, skipped: list | None = None):
     """A checkpoint directory, or a run folder (-> its newest usable checkpoint; the corrupt newer
-    ones are appended to ``skipped`` as (path, reason))."""
-    path = Path(path)
+    ones are appended to ``skipped`` as (path, reason)). A URI or remote ``Location`` gives a
+    ``Location``, a local path a ``Path``."""
+    remote = _remote(path)
+    if remote is not None:
+        from .remote_checkpoints import resolve
+
+        return resolve(remote, skipped)
+    path = _local(path)
     if not path.exists():
         raise usage_error(str(path), f"checkpoint not found: {path}")
     if (path / META_FILE).is_file():
@@ -387,14 +432,19 @@ def _listing(items: list[str], limit: int = 8) -> str:
     return text + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
-def check_matches(model: torch.nn.Module, checkpoint_path: str | Path,
+def check_matches(model: torch.nn.Module, checkpoint_path: Any,
                   found: dict[str, tuple[int, ...]] | None = None) -> None:
     """Raise ``SpecError`` listing the differing keys if the checkpoint is not this model's graph.
-    ``found``: the checkpoint's tensor shapes when they are in memory already (else read from
-    the file's header)."""
-    checkpoint_path = Path(checkpoint_path)
+    ``checkpoint_path``: a local folder or a ``Location``/URI in remote storage. ``found``: the
+    checkpoint's tensor shapes when they are in memory already (else read from the file's header)."""
     if found is None:
-        found = read_shapes(checkpoint_path / MODEL_FILE)
+        remote = _remote(checkpoint_path)
+        if remote is not None:
+            from .remote_checkpoints import read_shapes as read_remote_shapes
+
+            found = read_remote_shapes(remote.child(MODEL_FILE))
+        else:
+            found = read_shapes(_local(checkpoint_path) / MODEL_FILE)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing, unexpected, shape = state_differences(expected, found)
     if not (missing or unexpected or shape):
@@ -410,13 +460,22 @@ def check_matches(model: torch.nn.Module, checkpoint_path: str | Path,
                        f"checkpoint {checkpoint_path} does not match the spec's graph: " + "; ".join(parts))
 
 
+def state_shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
+def meta_file_of(path: Any) -> str:
+    """The ``meta.json`` of a checkpoint folder (a ``Path`` or a ``Location``), as text."""
+    return f"{str(path).rstrip('/')}/{META_FILE}"
+
+
 def load_model_weights(model: torch.nn.Module, checkpoint: LoadedCheckpoint) -> None:
     # The tensors are in memory: the folder may be gone by now (pruned by the run writing it).
-    check_matches(model, checkpoint.path, {k: tuple(v.shape) for k, v in checkpoint.model_state.items()})
+    check_matches(model, checkpoint.path, state_shapes(checkpoint.model_state))
     model.load_state_dict(checkpoint.model_state, strict=True)
 
 
 __all__ = ["SpecError", "save_checkpoint", "load_checkpoint", "check_matches", "latest_checkpoint",
            "list_checkpoints", "newest_usable", "checkpoint_problem", "flatten_optimizer",
            "unflatten_optimizer", "ir_hash", "read_meta", "resolve_checkpoint", "prune_checkpoints",
-           "load_model_weights", "pid_alive"]
+           "load_model_weights", "pid_alive", "state_shapes", "meta_file_of"]

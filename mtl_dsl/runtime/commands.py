@@ -35,7 +35,12 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default=None, help="join this Ray cluster instead of starting one")
     p.add_argument("--resume", action="store_true", help="continue the run of this name from its latest checkpoint")
     p.add_argument("--run-name", default=None, metavar="NAME", help="run folder name under the storage path")
-    p.add_argument("--storage", default=None, metavar="PATH", help="where runs are written (default ./runs)")
+    p.add_argument("--storage", default=None, metavar="PATH|URI",
+                   help="where runs are written: a local or NFS path (default ./runs) or a URI "
+                        "such as s3://bucket/prefix or gs://bucket/prefix (credentials from the "
+                        "environment)")
+    p.add_argument("--storage-endpoint", default=None, metavar="URL",
+                   help="endpoint of an S3-compatible store for s3:// storage (run.storage_endpoint)")
     p.add_argument("--iterations", type=int, default=None, metavar="N", help="training iterations")
     p.add_argument("--plain", action="store_true", help="run in this process without Ray (debugging)")
     p.add_argument("--verbose", action="store_true", help="show Ray's own log output")
@@ -109,21 +114,45 @@ def register(subparsers: Any) -> None:
     p.add_argument("spec", help="the spec the checkpoint was trained from")
     _add_checkpoint_arguments(p)
     p.add_argument("images", nargs="+", help="input images")
-    p.add_argument("--out", default="predictions", metavar="DIR", help="output folder (default ./predictions)")
+    p.add_argument("--out", default="predictions", metavar="DIR|URI",
+                   help="output folder, a path or a storage URI (default ./predictions)")
     _add_plugin(p)
     p.set_defaults(func=cmd_predict)
 
 
 def _add_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--checkpoint", metavar="DIR", help="checkpoint directory or run folder "
-                                                           "(also a folder written by convert)")
+    which.add_argument("--checkpoint", metavar="DIR|URI",
+                       help="checkpoint folder or run folder, a path or a storage URI (s3://...); "
+                            "also a folder written by convert")
     which.add_argument("--weights", metavar="FILE", help="an official checkpoint, read through "
                                                          "the spec's weights map")
     _add_weights_arguments(p)
     p.add_argument("--tasks", default=None, help="with --weights: task profile or list")
     p.add_argument("--preset", default=None, metavar="NAME", help="with --weights: model preset")
     p.add_argument("--input", default=None, metavar="HxW", help="with --weights: input size")
+    _add_endpoint_argument(p)
+
+
+def _add_endpoint_argument(p: argparse.ArgumentParser) -> None:
+    # its own dest: the endpoint of the URIs read here, not a run-config key (train's flag)
+    p.add_argument("--storage-endpoint", dest="uri_endpoint", default=None, metavar="URL",
+                   help="endpoint of an S3-compatible store, for s3:// URIs (default: AWS, or "
+                        "AWS_ENDPOINT_URL)")
+
+
+def storage_argument(text: str, endpoint: str | None, flag: str):
+    """A path as given, or a storage ``Location`` for a URI (opened with the endpoint)."""
+    from .storage import is_remote, open_location
+
+    if is_remote(text):
+        return open_location(text, endpoint, where=f"{flag} {text}")
+    if endpoint:
+        from ..errors import usage_error
+
+        raise usage_error(f"--storage-endpoint {endpoint}", f"an endpoint applies to s3:// URIs, "
+                                                            f"and {flag} is the local path {text}")
+    return text
 
 
 # --- building the run config from the flags ---------------------------------------------------------
@@ -131,6 +160,7 @@ def _add_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
 
 _FLAG_KEYS = (("tasks", "tasks"), ("workers", "run.workers"), ("gpus_per_worker", "run.gpus_per_worker"),
               ("address", "run.address"), ("run_name", "run.name"), ("storage", "run.storage"),
+              ("storage_endpoint", "run.storage_endpoint"),
               ("iterations", "training.iterations"), ("preset", "model.preset"))
 
 
@@ -200,7 +230,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     where = result.checkpoint if result.checkpoint is not None else result.run_dir
     print(f"done: {result.step} steps; last checkpoint {where}; TensorBoard: "
-          f"tensorboard --logdir {result.run_dir / 'tensorboard'}")
+          f"tensorboard --logdir {str(result.run_dir).rstrip('/')}/tensorboard")
     return 0
 
 
@@ -218,7 +248,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     for choice in result.choices:
         print(format_choice(choice))
-    print(f"done: {result.step} steps; genotype {result.run_dir / 'atrc_genotype.json'}; "
+    print(f"done: {result.step} steps; genotype {str(result.run_dir).rstrip('/')}/atrc_genotype.json; "
           f"found architecture {result.found_spec} (retrain it: mtl-dsl train {result.found_spec})")
     return 0
 
@@ -236,15 +266,15 @@ def _eval_config(args: argparse.Namespace):
                                      f"records its tasks, preset and input size")
     if args.config is None and not args.overrides:
         return None  # the run config stored in the checkpoint
-    from .checkpoints import META_FILE, read_meta, resolve_checkpoint
+    from .checkpoints import meta_file_of, read_meta, resolve_checkpoint
     from .config import load_config
 
     overrides = flag_overrides(args)
     if args.config is not None:
         return load_config(args.config, overrides=overrides or None)
-    path = resolve_checkpoint(args.checkpoint)
+    path = resolve_checkpoint(storage_argument(args.checkpoint, args.uri_endpoint, "--checkpoint"))
     stored = read_meta(path).get("run_config", {})
-    return load_config(overrides=overrides or None, base=(stored, str(path / META_FILE)))
+    return load_config(overrides=overrides or None, base=(stored, meta_file_of(path)))
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -254,7 +284,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .failures import TrainingError
 
     try:
-        _, table = run_eval(args.spec, args.checkpoint, _eval_config(args), args.baseline,
+        checkpoint = None
+        if args.checkpoint is not None:
+            checkpoint = storage_argument(args.checkpoint, args.uri_endpoint, "--checkpoint")
+        _, table = run_eval(args.spec, checkpoint, _eval_config(args), args.baseline,
                             max_batches=args.max_batches, weights=args.weights,
                             weights_map=args.map, allow_partial=args.allow_partial)
     except DatasetError as exc:
@@ -266,6 +299,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_uri(text: str) -> bool:
+    from .storage import is_remote
+
+    return is_remote(text)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from .evaluate import run_predict
 
@@ -273,7 +312,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.weights is not None:
         args.config, args.overrides = None, []
         config = build_config(args)
-    written = run_predict(args.spec, args.checkpoint, args.images, args.out, config=config,
+    checkpoint = None
+    if args.checkpoint is not None:
+        checkpoint = storage_argument(args.checkpoint, args.uri_endpoint, "--checkpoint")
+    out = storage_argument(args.out, args.uri_endpoint if _is_uri(args.out) else None, "--out")
+    written = run_predict(args.spec, checkpoint, args.images, out, config=config,
                           weights=args.weights, weights_map=args.map,
                           allow_partial=args.allow_partial)
     print(f"wrote {len(written)} PNG files to {args.out}")

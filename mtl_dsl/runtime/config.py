@@ -112,7 +112,12 @@ class ModelSection(_Section):
 
 class RunSection(_Section):
     name: Optional[Str] = None  # default: "<spec>-<tasks>"
+    # where run folders live: a local or NFS path, or a URI (s3://bucket/prefix, gs://..., any
+    # filesystem pyarrow or fsspec knows); credentials come from the environment, never from here
     storage: Str = "runs"
+    # an S3-compatible store's endpoint for s3:// storage (http://host:9000); default: AWS, or
+    # the AWS_ENDPOINT_URL of the environment
+    storage_endpoint: Optional[Str] = None
     workers: Int = Field(1, ge=1, le=4096)
     gpus_per_worker: Optional[Float] = Field(None, ge=0.0)  # None: 1 if a GPU is visible, else 0
     # torch CPU threads per worker; None = the CPUs Ray reserves for it (locally: cores / workers).
@@ -454,11 +459,38 @@ def _check_semantics(config: RunConfig, sources: list[Source], check_paths: bool
             raise _error_at(sources, ("dataset",),
                             f"missing key 'dataset.root': dataset '{config.dataset.name}' needs its folder")
         root = Path(config.dataset.root).expanduser()
-        if check_paths and not root.is_dir():
+        # On a cluster the data lives on the nodes, not necessarily where the driver runs: every
+        # worker checks the folder before the first step (naming a node that lacks it).
+        if check_paths and not root.is_dir() and cluster_address(config) is None:
             raise _error_at(sources, ("dataset", "root"), f"dataset folder not found: {root}")
+    _check_storage(config, sources)
     name = config.run.name
     if name is not None and (not name or "/" in name or name.startswith(".")):
         raise _error_at(sources, ("run", "name"), f"key 'run.name': '{name}' is not a folder name")
+
+
+def cluster_address(config: RunConfig) -> Optional[str]:
+    """The Ray cluster the run joins: ``run.address``, or ``RAY_ADDRESS`` (set for the driver
+    of ``ray job submit``); None for a Ray started in this process."""
+    import os
+
+    return config.run.address or os.environ.get("RAY_ADDRESS") or None
+
+
+def _check_storage(config: RunConfig, sources: list[Source]) -> None:
+    """Refuse credentials in the storage URI and an endpoint for a store that is not S3 (the
+    filesystem itself is opened when the run starts)."""
+    from .storage import refuse_secrets, scheme_of
+
+    storage, endpoint = config.run.storage, config.run.storage_endpoint
+    try:
+        refuse_secrets(storage, "run.storage")
+    except UsageError as exc:
+        raise _error_at(sources, ("run", "storage"), exc.message) from None
+    if endpoint is not None and scheme_of(storage) not in ("s3", "s3a"):
+        raise _error_at(sources, ("run", "storage_endpoint"),
+                        f"key 'run.storage_endpoint': an endpoint applies to s3:// storage, and "
+                        f"run.storage is {storage!r}")
 
 
 def _check_tasks(config: RunConfig, sources: list[Source]) -> None:

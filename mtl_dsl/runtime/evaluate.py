@@ -88,15 +88,15 @@ def load_trained_model(spec: Any, checkpoint: str | Path, config: RunConfig | No
 
     ``checkpoint`` is a checkpoint folder or a run folder (its newest usable checkpoint, chosen
     again if a live run prunes it while it is read; the corrupt newer ones are appended to
-    ``skipped``). Without ``config``, the run config stored
-    in the checkpoint (its dataset folder checked only with ``check_paths``)."""
+    ``skipped``), a local path, a URI or a storage ``Location``. Without ``config``, the run config
+    stored in the checkpoint (its dataset folder checked only with ``check_paths``)."""
     from ..api import build_model
-    from .checkpoints import META_FILE, load_model_weights, load_newest
+    from .checkpoints import load_model_weights, load_newest, meta_file_of
     from .config import load_config
 
     loaded = load_newest(checkpoint, skipped, with_state=False)
     if config is None:
-        config = load_config(base=(loaded.meta.get("run_config") or {}, str(loaded.path / META_FILE)),
+        config = load_config(base=(loaded.meta.get("run_config") or {}, meta_file_of(loaded.path)),
                              check_paths=check_paths)
     model = build_model(spec, **config.model_arguments())
     load_model_weights(model, loaded)
@@ -231,10 +231,34 @@ def load_image(path: Path, size: tuple[int, int]):
     return tensor, original
 
 
-def run_predict(spec: Any, checkpoint: str | Path | None, images: list[str | Path],
-                out: str | Path, config: RunConfig | None = None,
-                weights: str | Path | None = None, weights_map: str = "official",
-                allow_partial: bool = False) -> list[Path]:
+def run_predict(spec: Any, checkpoint: Any, images: list[str | Path], out: Any,
+                config: RunConfig | None = None, weights: str | Path | None = None,
+                weights_map: str = "official", allow_partial: bool = False) -> list:
+    """A PNG per task per image into ``out``: a local folder, or a storage URI / ``Location``
+    (written locally, then copied there); returns the files written."""
+    import shutil
+    import tempfile
+
+    from .storage import Location, is_remote, open_location
+
+    more = dict(config=config, weights=weights, weights_map=weights_map, allow_partial=allow_partial)
+    if isinstance(out, Location) or is_remote(out):
+        target = out if isinstance(out, Location) else open_location(str(out), where="--out")
+        if target.local:
+            return _predict_to_folder(spec, checkpoint, images, target.local_path, **more)
+        staging = Path(tempfile.mkdtemp(prefix="mtl-dsl-predict-"))
+        try:
+            written = _predict_to_folder(spec, checkpoint, images, staging, **more)
+            target.upload(staging)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return [target.child(p.name) for p in written]
+    return _predict_to_folder(spec, checkpoint, images, Path(out), **more)
+
+
+def _predict_to_folder(spec: Any, checkpoint: Any, images: list[str | Path], out: Path,
+                       config: RunConfig | None, weights: str | Path | None, weights_map: str,
+                       allow_partial: bool) -> list[Path]:
     import torch
     from PIL import Image
 
@@ -244,7 +268,6 @@ def run_predict(spec: Any, checkpoint: str | Path | None, images: list[str | Pat
         model, cfg, _ = load_trained_model(spec, checkpoint, config, check_paths=False)
     profile = cfg.profile()
     size = cfg.input_size()
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for path in images:

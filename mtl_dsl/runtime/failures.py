@@ -20,3 +20,11 @@ class CheckpointWriteError(TrainingError):
 
 class BadSample(TrainingError):
     """A sample whose files cannot be read, met during training."""
+
+
+class DataUnavailable(TrainingError):
+    """The dataset folder is missing or unreadable on one or more nodes (found before step 1)."""
+
+    def __init__(self, message: str, where: str):
+        self.where = where
+        super().__init__(message)

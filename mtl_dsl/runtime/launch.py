@@ -6,6 +6,13 @@ benchmark's reference and the cheap tests) or on Ray Train's ``TorchTrainer`` (t
 starts (or joins) Ray, every worker runs the same loop in a ``RaySession`` with its data shard,
 gradients averaged by DDP and only rank 0 writing files, and the loop's progress records come back
 through a Ray queue to the console.
+
+The run folder is ``run.storage``/``run.name``: a local or NFS path, or a URI (``s3://...``,
+``storage.py``). Checkpoints reach it only through Ray Train's storage handling
+(``storage_path`` and ``storage_filesystem``); the driver owns the folder (``runlock.FileLock``
+or, in remote storage, ``lease.Lease``) and writes TensorBoard events and ``metrics.jsonl`` there
+from the records the workers stream to it (``run_log.py``), so nothing a user needs stays on a
+worker's disk.
 """
 from __future__ import annotations
 
@@ -22,8 +29,11 @@ from typing import Any, Callable, Optional
 from ..errors import Diagnostic, SpecError, usage_error
 from .config import RunConfig, load_config
 from .console import Console
-from .failures import BadSample, CheckpointWriteError, NonFiniteLoss, TrainingError
-from .runlock import describe, lock_for
+from .failures import BadSample, CheckpointWriteError, DataUnavailable, NonFiniteLoss, TrainingError
+from .run_log import RunLog
+from .lease import lock_for
+from .runlock import describe
+from .storage import Location, open_location
 
 # torch, numpy and ray are imported inside functions: ``commands`` imports this module lazily, and
 # the config checks above must not pay for them.
@@ -31,10 +41,10 @@ from .runlock import describe, lock_for
 
 @dataclass
 class TrainResult:
-    run_dir: Path
+    run_dir: Any  # a local Path, or a storage Location for a run folder in remote storage
     step: int
     metrics: dict = field(default_factory=dict)
-    checkpoint: Optional[Path] = None
+    checkpoint: Any = None  # as run_dir: the last checkpoint folder
     history: list = field(default_factory=list)  # every log record (dicts) in order
     evaluations: list = field(default_factory=list)  # every evaluation record
 
@@ -44,6 +54,7 @@ class Recorder:
 
     def __init__(self, sink: Callable[[dict], None]):
         self.sink = sink
+        self.sinks: list[Callable[[dict], None]] = []  # further sinks (the run's metrics files)
         self.records: list[dict] = []
         self.start_step = 0
 
@@ -53,6 +64,8 @@ class Recorder:
         if record.get("kind") == "log":
             record.setdefault("start_step", self.start_step)
         self.records.append(record)
+        for sink in self.sinks:
+            sink(record)
         self.sink(record)
 
     def of(self, kind: str) -> list[dict]:
@@ -105,19 +118,20 @@ def run_training(spec: Any, config: RunConfig | None = None, *, resume: bool = F
         signature = graph_signature(check_spec(str(spec), **cfg.model_arguments()).ir)
     recorder = Recorder(progress if progress is not None else Console())
     if check_data:
-        from .datasets import check_dataset
-
-        for text in check_dataset(cfg):
-            recorder({"kind": "note", "text": text})
+        _check_data_here(cfg, recorder)
     initial = None
     if init is not None and not resume:
         from ..weights.convert import prepare_init
 
         initial = prepare_init(spec, cfg, init["file"], init.get("map", "official"),
                                init.get("allow_partial", False))
-    storage = Path(cfg.run.storage).expanduser().resolve()
+    storage = open_location(cfg.run.storage, cfg.run.storage_endpoint)
+    if plain and not storage.local:
+        raise usage_error("--plain", f"--plain trains in this process and writes to a local folder; "
+                                     f"storage {storage} is written by Ray Train: leave out "
+                                     f"--plain, or give a local --storage")
     run_name = default_run_name(spec, cfg)
-    run_dir = storage / run_name
+    run_dir = storage.child(run_name)
     with lock_for(run_dir) as lock:
         if lock.took_over:
             recorder({"kind": "note", "text": f"took over run folder {run_dir} from a run that "
@@ -128,21 +142,38 @@ def run_training(spec: Any, config: RunConfig | None = None, *, resume: bool = F
             spec = str(Path(spec).resolve())  # a worker may run in another folder (runtime_env)
         job = {"spec": spec, "spec_name": spec_name, "spec_source": source, "config": cfg.dump(),
                "graph": signature, "run_dir": str(run_dir), "callbacks": list(callbacks or []),
-               "resume_path": str(resume_from) if resume_from is not None else None,
-               "start_step": start, "init": None}
+               "resume_path": resume_from, "start_step": start, "init": None}
         if initial is not None:
             recorder({"kind": "note", "text": initial.report})
-            job["init"] = str(initial.write(run_dir / "init" / "model.safetensors"))
-        if plain:
-            out, checkpoint = _train_plain(job, cfg, run_dir, recorder)
-        else:
-            out, checkpoint = _train_with_ray(job, cfg, run_name, storage, verbose, recorder,
-                                              list(ray_callbacks or []))
-    return TrainResult(run_dir=run_dir, step=out["step"], metrics=out["metrics"], checkpoint=checkpoint,
+            job["init"] = initial.write(run_dir.child("init", "model.safetensors"))
+        with RunLog(run_dir) as run_log:
+            recorder.sinks.append(run_log)
+            if plain:
+                out, checkpoint = _train_plain(job, cfg, run_dir.local_path, recorder)
+            else:
+                out, checkpoint = _train_with_ray(job, cfg, run_name, run_dir, verbose, recorder, lock,
+                                                  list(ray_callbacks or []))
+    shown = run_dir.local_path if run_dir.local else run_dir
+    return TrainResult(run_dir=shown, step=out["step"], metrics=out["metrics"], checkpoint=checkpoint,
                        history=recorder.of("log"), evaluations=recorder.of("eval"))
 
 
-def _check_resume(path: Path, cfg: RunConfig, signature: dict, note: Callable[[dict], None]) -> int:
+def _check_data_here(cfg: RunConfig, recorder: Recorder) -> None:
+    """Check the dataset on the driver before any worker starts. On a cluster, a folder the
+    driver cannot see is left to the workers, which check it on every node."""
+    from .config import cluster_address
+    from .datasets import check_dataset
+
+    root = cfg.dataset.root
+    if root is not None and cluster_address(cfg) and not Path(root).expanduser().is_dir():
+        recorder({"kind": "note", "text": f"dataset folder {root} is not on this machine; every "
+                                          f"worker checks it on its node before the first step"})
+        return
+    for text in check_dataset(cfg):
+        recorder({"kind": "note", "text": text})
+
+
+def _check_resume(path: Any, cfg: RunConfig, signature: dict, note: Callable[[dict], None]) -> int:
     """Refuse a checkpoint of another graph or a run config changed where it cannot be; report
     the changes that are applied. Returns the checkpoint's step."""
     from .checkpoints import read_meta
@@ -162,11 +193,12 @@ def _check_resume(path: Path, cfg: RunConfig, signature: dict, note: Callable[[d
     return step
 
 
-def prepare_run_dir(run_dir: Path, resume: bool, plain: bool,
-                    note: Callable[[dict], None]) -> Optional[Path]:
+def prepare_run_dir(run_dir: Location, resume: bool, plain: bool,
+                    note: Callable[[dict], None]) -> Any:
     """Refuse a fresh run over checkpoints, or a resume without any; returns the checkpoint to
     resume from (the newest that can be loaded; newer corrupt ones are skipped and reported)."""
     from .checkpoints import list_checkpoints, newest_usable
+    from .run_log import METRICS_FILE
     from .runlock import LOCK_FILE
 
     existing = list_checkpoints(run_dir)
@@ -180,13 +212,14 @@ def prepare_run_dir(run_dir: Path, resume: bool, plain: bool,
             note({"kind": "note", "text": f"skipped checkpoint {path} (cannot be loaded: {why})"})
         if found is None:
             raise usage_error(str(run_dir), f"nothing to resume: no usable checkpoint in {run_dir}")
-    if not resume and not plain and run_dir.exists():
-        # A fresh Ray Train run must not pick up the state of an earlier (failed) run of that name.
-        for child in run_dir.iterdir():
-            if child.name not in ("tensorboard", LOCK_FILE):
-                shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return found
+    if not resume:
+        # A fresh run must not pick up the state of an earlier (failed) run of that name: Ray
+        # Train's snapshot would restore it, and its metrics would mix with this run's.
+        for child in run_dir.children():
+            if child.name == METRICS_FILE or (not plain and child.name not in ("tensorboard", LOCK_FILE)):
+                child.delete()
+    run_dir.make_dir()
+    return found.local_path if isinstance(found, Location) and found.local else found
 
 
 def _train_plain(job: dict, cfg: RunConfig, run_dir: Path,
@@ -222,9 +255,11 @@ def ray_worker_entry(job: dict) -> None:
     threads = job.get("threads_per_worker") or job.get("cpus_per_worker")
     if threads:
         torch.set_num_threads(int(threads))
-    session = RaySession(Path(job["run_dir"]), job.get("queue"), job.get("resume_path"))
+    session = RaySession(job["run_dir"], job.get("queue"), job.get("resume_path"))
     try:
         train_loop(job, session)
+    except DataUnavailable as exc:  # every rank raises it after the same all-gather
+        session.emit({"kind": "error", "text": str(exc), "where": exc.where})
     except (NonFiniteLoss, BadSample, CheckpointWriteError) as exc:
         # Failures a restart would meet again: return normally (Ray must not retry them) and tell
         # the driver. Every rank sees the same all-reduced losses, so on a non-finite loss all of
@@ -260,6 +295,8 @@ def start_ray(cfg: RunConfig, verbose: bool, workers: int) -> bool:
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ray(\.|$)")
     import ray
 
+    from .config import cluster_address
+
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=verbose,
@@ -272,8 +309,10 @@ def start_ray(cfg: RunConfig, verbose: bool, workers: int) -> bool:
     shipped = shipped_modules(cfg.plugins)
     if shipped:
         kwargs["runtime_env"] = {"py_modules": shipped}
-    if cfg.run.address:
-        ray.init(address=cfg.run.address, **kwargs)
+    address = cluster_address(cfg)
+    if address:
+        # --address, or the driver of `ray job submit` (which sets RAY_ADDRESS): join the cluster
+        ray.init(address=address, **kwargs)
     else:
         # Ray runs workers at nice 15 for shared nodes; on a local machine that only lets Ray's
         # own control processes preempt training.
@@ -323,12 +362,15 @@ class _QueueDrain:
         self.thread.join(timeout=10)
 
 
-def _trainer(job: dict, cfg: RunConfig, run_name: str, storage: Path, ray_callbacks: list):
+def _trainer(job: dict, cfg: RunConfig, run_name: str, run_dir: Location, ray_callbacks: list):
     """The ``TorchTrainer`` of the run, and the queue its workers report to."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.util.queue import Queue
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from .config import cluster_address
 
     if cfg.run.gpus_per_worker is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
@@ -337,16 +379,20 @@ def _trainer(job: dict, cfg: RunConfig, run_name: str, storage: Path, ray_callba
     use_gpu = gpus > 0
     cpus_available = int(ray.cluster_resources().get("CPU", 1))
     cpus_per_worker = cfg.run.cpus_per_worker or (
-        max(1, cpus_available // cfg.run.workers) if not cfg.run.address else 1)
+        max(1, cpus_available // cfg.run.workers) if not cluster_address(cfg) else 1)
     resources = {"CPU": cpus_per_worker}
     if use_gpu:
         resources["GPU"] = gpus
     # The queue does no work: it needs no CPU (so it also fits in a Tune trial's placement group).
-    queue = Queue(maxsize=10_000, actor_options={"num_cpus": 0})
+    # It lives beside the driver and Ray Train's controller, so that losing another node never
+    # loses the run's records.
+    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+    queue = Queue(maxsize=10_000, actor_options={"num_cpus": 0, "scheduling_strategy": here})
     # Ray Train restores a run of the same name and storage by itself; resume_path covers a
     # run folder without Ray's state (e.g. written by --plain) whose checkpoints remain.
     job = dict(job, queue=queue, cpus_per_worker=cpus_per_worker,
                threads_per_worker=cfg.run.threads_per_worker)
+    storage_path, storage_filesystem = run_dir.parent().ray_storage()
     trainer = TorchTrainer(
         ray_worker_entry,
         train_loop_config=job,
@@ -354,7 +400,7 @@ def _trainer(job: dict, cfg: RunConfig, run_name: str, storage: Path, ray_callba
         scaling_config=ScalingConfig(num_workers=cfg.run.workers, use_gpu=use_gpu,
                                      resources_per_worker=resources),
         run_config=RayRunConfig(
-            name=run_name, storage_path=str(storage),
+            name=run_name, storage_path=storage_path, storage_filesystem=storage_filesystem,
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
             callbacks=ray_callbacks),
@@ -362,33 +408,31 @@ def _trainer(job: dict, cfg: RunConfig, run_name: str, storage: Path, ray_callba
     return trainer, queue
 
 
-def _train_with_ray(job: dict, cfg: RunConfig, run_name: str, storage: Path, verbose: bool,
-                    recorder: Recorder, ray_callbacks: list) -> tuple[dict, Optional[Path]]:
+def _train_with_ray(job: dict, cfg: RunConfig, run_name: str, run_dir: Location, verbose: bool,
+                    recorder: Recorder, lock, ray_callbacks: list) -> tuple[dict, Any]:
     started_here = start_ray(cfg, verbose, cfg.run.workers)
     import ray.train
 
     try:
-        trainer, queue = _trainer(job, cfg, run_name, storage, ray_callbacks)
+        trainer, queue = _trainer(job, cfg, run_name, run_dir, ray_callbacks)
         with _QueueDrain(queue, recorder):
             try:
-                result = _fit_interruptibly(trainer)
+                result = _fit_interruptibly(trainer, lock)
             except ray.train.TrainingFailedError as exc:
-                raise disk_full_error(Path(job["run_dir"]), exc) or \
+                raise _disk_full(run_dir, exc) or \
                     TrainingError(f"training failed: {_root_cause(exc)}") from None
-            except KeyboardInterrupt:
+            except (KeyboardInterrupt, LeaseLost):
                 started_here = True  # only disconnecting the driver ends the run's actors
                 raise
         if result.error is not None:
-            raise disk_full_error(Path(job["run_dir"]), result.error) or \
+            raise _disk_full(run_dir, result.error) or \
                 TrainingError(f"training failed: {_root_cause(result.error)}")
-        errors = recorder.of("error")
-        if errors and errors[-1].get("diagnostics"):
-            raise SpecError([Diagnostic(**dict(d, notes=tuple(d.get("notes", ()))))
-                             for d in errors[-1]["diagnostics"]])
-        if errors:
-            raise TrainingError(errors[-1]["text"])
+        _raise_worker_error(recorder)
         metrics = dict(result.metrics or {})
-        checkpoint = Path(result.checkpoint.path) if result.checkpoint is not None else None
+        checkpoint = None
+        if result.checkpoint is not None:
+            name = result.checkpoint.path.rstrip("/").rsplit("/", 1)[-1]
+            checkpoint = run_dir.local_path / name if run_dir.local else run_dir.child(name)
         out = {"step": int(metrics.get("step", job["start_step"])),  # no report: nothing trained
                "metrics": {k[4:]: v for k, v in metrics.items() if k.startswith("val/")}}
         return out, checkpoint
@@ -397,7 +441,25 @@ def _train_with_ray(job: dict, cfg: RunConfig, run_name: str, storage: Path, ver
             ray.shutdown()
 
 
-def _fit_interruptibly(trainer):
+def _raise_worker_error(recorder: Recorder) -> None:
+    """A failure the workers reported instead of raising (Ray must not retry it)."""
+    errors = recorder.of("error")
+    if not errors:
+        return
+    last = errors[-1]
+    if last.get("diagnostics"):  # a spec error met on a worker (a user's block module)
+        raise SpecError([Diagnostic(**dict(d, notes=tuple(d.get("notes", ()))))
+                         for d in last["diagnostics"]])
+    if last.get("where"):  # a mistake in the setup (a dataset folder missing on a node)
+        raise usage_error(last["where"], last["text"])
+    raise TrainingError(last["text"])
+
+
+class LeaseLost(TrainingError):
+    """Another run took over the run folder while this one ran (its lease lapsed)."""
+
+
+def _fit_interruptibly(trainer, lock=None):
     """``trainer.fit()`` on a helper thread, so that Ctrl-C reaches this (main) thread as
     ``KeyboardInterrupt``, as in a plain run: the caller's ``ray.shutdown()`` (also of a Ray
     started before ``run_training``) then ends the controller and the workers, the run folder's
@@ -416,9 +478,16 @@ def _fit_interruptibly(trainer):
     thread.start()
     while thread.is_alive():
         thread.join(0.2)
+        if lock is not None and lock.lost:
+            raise LeaseLost(f"{lock.lost}; this run stopped so that only one writes there")
     if "error" in box:
         raise box["error"]
     return box["result"]
+
+
+def _disk_full(run_dir: Location, exc: BaseException) -> Optional[CheckpointWriteError]:
+    """``disk_full_error`` of a local run folder (a remote one's space is not this machine's)."""
+    return disk_full_error(run_dir.local_path, exc) if run_dir.local else None
 
 
 def disk_full_error(run_dir: Path, exc: BaseException) -> Optional[CheckpointWriteError]:

@@ -16,6 +16,7 @@ from outside.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,7 +104,6 @@ class Run:
     sampler: Optional[ResumableSampler] = None
     loader: Any = None
     eval_loader: Any = None
-    writer: Any = None
     step: int = 0
     start_step: int = 0
     metrics: dict = field(default_factory=dict)
@@ -133,22 +133,19 @@ class Run:
 
 def train_loop(job: dict, session) -> dict:
     run = setup(job, session)
-    try:
-        restore(run)
-        prepare(run)
-        announce(run)
-        for batch in batches(run):
-            train_step(run, batch)
-            log(run)
-            evaluate_and_save(run)
-            if run.step >= run.total_steps:
-                break
-        if run.skipped:
-            session.emit({"kind": "note", "text": f"skipped {run.skipped} unreadable sample(s) "
-                                                  f"in all (dataset.skip_bad_samples)"})
-    finally:
-        if run.writer is not None:
-            run.writer.close()
+    restore(run)
+    check_data_on_every_node(run)
+    prepare(run)
+    announce(run)
+    for batch in batches(run):
+        train_step(run, batch)
+        log(run)
+        evaluate_and_save(run)
+        if run.step >= run.total_steps:
+            break
+    if run.skipped:
+        session.emit({"kind": "note", "text": f"skipped {run.skipped} unreadable sample(s) "
+                                              f"in all (dataset.skip_bad_samples)"})
     return {"step": run.step, "metrics": run.metrics}
 
 
@@ -183,7 +180,7 @@ def restore(run: Run) -> None:
     """Continue from the session's checkpoint, if it has one: weights, optimiser states, loss
     weighting and step; the run config's hyper-parameters apply from here on. Else the weights
     ``--init`` gave, if any (the optimiser starts fresh)."""
-    from .checkpoints import check_matches, unflatten_optimizer
+    from .checkpoints import check_matches, state_shapes, unflatten_optimizer
 
     resumed = run.session.checkpoint_to_resume()
     if resumed is None:
@@ -195,7 +192,8 @@ def restore(run: Run) -> None:
                                                       f"{run.job['init']}"})
         return
     meta = resumed.meta
-    check_matches(run.model, resumed.path)  # lists the differing keys if the weights differ
+    # lists the differing keys if the weights differ
+    check_matches(run.model, resumed.path, state_shapes(resumed.model_state))
     run.model.load_state_dict({k: v.to(run.device) for k, v in resumed.model_state.items()})
     state = resumed.state_tensors
     run.optimizer.load_state_dict(unflatten_optimizer(state, meta["optimizer"]["main"], "main"))
@@ -216,7 +214,7 @@ def restore(run: Run) -> None:
 
 
 def prepare(run: Run) -> None:
-    """Wrap the model for the session (DDP), and open the data and the TensorBoard writer."""
+    """Wrap the model for the session (DDP), and open the data."""
     from torch.utils.data import DataLoader
 
     from .datasets import GuardedSamples, collate_samples, open_dataset
@@ -239,13 +237,34 @@ def prepare(run: Run) -> None:
     run.loader = DataLoader(samples, batch_size=batch_size, sampler=run.sampler,
                             num_workers=cfg.dataset.data_workers, drop_last=True, pin_memory=is_cuda,
                             collate_fn=collate_samples, persistent_workers=False)
-    if session.rank == 0:
-        from torch.utils.tensorboard import SummaryWriter
-
-        run.writer = SummaryWriter(str(Path(run.job["run_dir"]) / "tensorboard"),
-                                   purge_step=run.start_step or None)
     run.meter = Meter(len(run.tasks) + 1)
     run.train_module.train()
+
+
+def check_data_on_every_node(run: Run) -> None:
+    """Before the first step, every worker looks for the dataset folder on its node; if one or
+    more lack it, every rank stops with the same one-line error naming those nodes."""
+    from .failures import DataUnavailable
+
+    cfg, session = run.cfg, run.session
+    problem = None
+    if cfg.dataset.root is not None and cfg.dataset.name != "synthetic":
+        root = Path(cfg.dataset.root).expanduser()
+        if not root.is_dir():
+            problem = "missing" if not root.exists() else "not a folder"
+        elif not os.access(root, os.R_OK | os.X_OK):
+            problem = "not readable"
+    reports = session.gather({"node": session.node, "rank": session.rank, "problem": problem})
+    bad = [r for r in reports if r["problem"]]
+    if not bad:
+        return
+    nodes = sorted({r["node"] for r in bad})
+    good = sorted({r["node"] for r in reports if not r["problem"]} - set(nodes))
+    what = "; ".join(f"{n}: {next(r['problem'] for r in bad if r['node'] == n)}" for n in nodes)
+    there = f" (it is there on {', '.join(good)})" if good else ""
+    raise DataUnavailable(f"dataset folder {cfg.dataset.root} is not usable on node"
+                          f"{'s' if len(nodes) > 1 else ''} {what}{there}; every node that runs "
+                          f"a worker needs it at that path", where=str(cfg.dataset.root))
 
 
 def announce(run: Run) -> None:
@@ -353,12 +372,7 @@ def log(run: Run) -> None:
               "lr": run.optimizer.param_groups[0]["lr"], "images_per_s": speed,
               "seconds": seconds, "elapsed": time.perf_counter() - run.meter.run_started,
               "weights": run.weighting.task_weights()}
-    for task, value in record["losses"].items():
-        run.writer.add_scalar(f"loss/{task}", value, run.step)
-    run.writer.add_scalar("loss/total", record["loss"], run.step)
-    run.writer.add_scalar("lr", record["lr"], run.step)
-    run.writer.add_scalar("images_per_s", record["images_per_s"], run.step)
-    run.session.emit(record)
+    run.session.emit(record)  # the driver writes it to TensorBoard and metrics.jsonl (run_log.py)
 
 
 def _due(run: Run, interval: int) -> bool:
@@ -396,8 +410,6 @@ def evaluate(run: Run) -> dict:
                                      run.device, session.world,
                                      max_batches=cfg.eval_batches_per_worker(), amp_dtype=run.amp_dtype)
     if session.rank == 0:
-        for key, value in metrics.items():
-            run.writer.add_scalar(f"val/{key}", value, run.step)
         session.emit({"kind": "eval", "step": run.step, "metrics": metrics, "images": images,
                       "seconds": time.perf_counter() - started})
     return metrics

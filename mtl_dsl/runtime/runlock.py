@@ -7,10 +7,11 @@ run that holds it; ``release()`` gives it back; as a context manager, it is rele
 operating system drops the lock when the holding process ends, however it ends (``kill -9``
 included), so a lock file left behind by a dead process is taken over, and the new run says so.
 
-A remote run folder (object storage) has no OS locks; a lease implements the same interface
-there: ``acquire()`` creates ``RUN/.lock`` only if absent (a conditional write) with an expiry
-time, a background renewal extends it while the run lives, ``release()`` deletes it, and a lease
-past its expiry counts as stale and is taken over as here.
+A remote run folder (object storage) has no OS locks; ``lease.Lease`` implements the same
+interface there: ``acquire()`` creates ``RUN/.lock`` only if absent (a conditional write), a
+background renewal extends it while the run lives, ``release()`` deletes it, and a lease past its
+expiry (or of a dead process on this host) counts as stale and is taken over as here.
+``lease.lock_for`` picks the one a run folder needs.
 """
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ class RunLock(ABC):
 
     #: the previous holder's record when a stale lock was taken over (else None)
     took_over: Optional[dict] = None
+    #: set (to a sentence naming the other run) when another run took the folder over mid-run
+    lost: Optional[str] = None
 
     @abstractmethod
     def acquire(self) -> None:
@@ -111,6 +114,14 @@ def describe(record: dict) -> str:
     return f"PID {record['pid']}{host}{since}"
 
 
-def lock_for(run_dir: Path) -> RunLock:
-    """The lock of a run folder (a local path: ``FileLock``)."""
-    return FileLock(run_dir)
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this id runs on this machine."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -42,7 +42,7 @@ class SearchResult:
     found_spec: Path
     choices: list[PairChoice]
     step: int
-    run_dir: Path | None = None
+    run_dir: Any = None  # a local Path, or a storage Location
     checkpoint: Path | None = None
     genotype: dict = field(default_factory=dict)
 
@@ -372,7 +372,13 @@ def search(spec: str | Path, config=None, *, output: str | Path | None = None,
         choices = collect_choices(model)
     genotype = genotype_of(choices, checkpoint.step)
     if result.run_dir is not None:
-        (Path(result.run_dir) / "atrc_genotype.json").write_text(json.dumps(genotype, indent=1))
+        from .storage import Location
+
+        text = json.dumps(genotype, indent=1)
+        if isinstance(result.run_dir, Location):  # a run folder in remote storage
+            result.run_dir.child("atrc_genotype.json").write_bytes(text.encode("utf-8"))
+        else:
+            (Path(result.run_dir) / "atrc_genotype.json").write_text(text)
     found = write_found_spec(spec, choices, output, note=f"step {checkpoint.step}", **spec_kwargs)
     return SearchResult(found_spec=found, choices=choices, step=checkpoint.step,
                         run_dir=result.run_dir, checkpoint=checkpoint.path, genotype=genotype)

@@ -5,12 +5,18 @@ written and how it is registered, what to resume from, how the model is wrapped 
 where progress records go. ``PlainSession`` runs in the calling process and writes checkpoints
 straight into the run folder; ``RaySession`` runs in a Ray Train worker, writes each checkpoint
 to a local temporary folder and hands it to ``ray.train.report`` (rank 0 only), which copies it
-into the run folder under the same name.
+into the run folder under the same name (a local path, or remote storage through Ray Train's
+storage filesystem).
+
+``node`` names the machine a session runs on and ``gather`` collects one small object from every
+rank (an all-gather over the process group): the loop uses them to check that the dataset folder
+is there on every node before the first step.
 """
 from __future__ import annotations
 
 import errno
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Callable, Optional
@@ -36,6 +42,13 @@ class PlainSession:
 
     def emit(self, record: dict) -> None:
         self._emit(record)
+
+    @property
+    def node(self) -> str:
+        return socket.gethostname()
+
+    def gather(self, item):
+        return [item]
 
     def checkpoint_to_resume(self):
         from .checkpoints import load_checkpoint
@@ -73,7 +86,7 @@ def disk_full(exc: BaseException) -> bool:
 
 
 class RaySession:
-    def __init__(self, run_dir: Path, queue, resume_path: Optional[str]):
+    def __init__(self, run_dir: str, queue, resume_path):
         import ray.train
         import ray.train.torch
 
@@ -83,9 +96,10 @@ class RaySession:
         self.world = context.get_world_size()
         self.local_rank = context.get_local_rank()
         self.device = ray.train.torch.get_device()
-        self.run_dir = run_dir
+        self.run_dir = str(run_dir).rstrip("/")  # a local path or a storage URI
         self._queue = queue
         self._tmp = Path(tempfile.mkdtemp(prefix="mtl-dsl-ckpt-"))
+        self._node: Optional[str] = None
 
     def emit(self, record: dict) -> None:
         if self.rank == 0 and self._queue is not None:
@@ -113,8 +127,30 @@ class RaySession:
     def checkpoint_target(self, step: int) -> Path:
         return self._tmp / f"step_{step:08d}"
 
-    def persisted(self, path: Path) -> Path:
-        return self.run_dir / path.name  # Ray Train copies it to storage/run_name/<dir name>
+    def persisted(self, path: Path) -> str:
+        return f"{self.run_dir}/{path.name}"  # Ray Train copies it to storage/run_name/<dir name>
+
+    @property
+    def node(self) -> str:
+        """The Ray node this worker runs on: its IP, and its name where that differs."""
+        if self._node is None:
+            import ray
+
+            node_id = ray.get_runtime_context().get_node_id()
+            info = next((n for n in ray.nodes() if n.get("NodeID") == node_id), {})
+            address = info.get("NodeManagerAddress") or ray.util.get_node_ip_address()
+            name = info.get("NodeName")
+            self._node = address if not name or name == address else f"{name} ({address})"
+        return self._node
+
+    def gather(self, item):
+        import torch.distributed as dist
+
+        if self.world == 1 or not dist.is_initialized():
+            return [item]
+        items = [None] * self.world
+        dist.all_gather_object(items, item)
+        return items
 
     def report(self, metrics: dict, checkpoint: Optional[Path]) -> None:
         import ray.train

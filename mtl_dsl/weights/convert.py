@@ -113,16 +113,39 @@ def apply_file(model: Any, path: str | Path, map_name: str = DEFAULT_MAP, part: 
     return Loaded(plan, weights, state, render(plan, weights, spec, status, part))
 
 
-def convert(spec: str, file: str | Path, out: str | Path, *, tasks: str | None = None,
-            input_size: tuple[int, int] | None = None, preset: str | None = None,
-            overrides: dict[str, Any] | None = None, model_name: str | None = None,
-            map_name: str = DEFAULT_MAP, allow_partial: bool = False) -> tuple[Path, str]:
+def convert(spec: str, file: str | Path, out: Any, **kwargs: Any) -> tuple[Any, str]:
     """Write a checkpoint folder (``model.safetensors`` + ``meta.json``) of the compiled spec
-    from an official file; returns (folder, report)."""
+    from an official file; returns (folder, report). ``out`` is a path, or a storage URI or
+    ``Location`` (written in a temporary folder, then copied there)."""
+    import shutil
+    import tempfile
+
+    from ..runtime.storage import Location, is_remote, open_location
+
+    if not isinstance(out, Location) and not is_remote(out):
+        return _convert(spec, file, Path(out), **kwargs)
+    target = out if isinstance(out, Location) else open_location(str(out), where=f"-o {out}")
+    if target.local:
+        return _convert(spec, file, target.local_path, **kwargs)
+    if target.exists():
+        raise simple_error(str(target), f"output folder exists: {target}",
+                           hint="choose another -o or remove it first")
+    staging = Path(tempfile.mkdtemp(prefix="mtl-dsl-convert-"))
+    try:
+        written, report = _convert(spec, file, staging / (target.name or "converted"), **kwargs)
+        target.upload(written)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target, report
+
+
+def _convert(spec: str, file: str | Path, out: Path, *, tasks: str | None = None,
+             input_size: tuple[int, int] | None = None, preset: str | None = None,
+             overrides: dict[str, Any] | None = None, model_name: str | None = None,
+             map_name: str = DEFAULT_MAP, allow_partial: bool = False) -> tuple[Path, str]:
     from ..api import compile_model, resolve_spec_path
     from ..runtime.checkpoints import ir_hash, save_checkpoint
 
-    out = Path(out)
     if out.exists():
         raise simple_error(str(out), f"output folder exists: {out}",
                            hint="choose another -o or remove it first")
@@ -214,20 +237,28 @@ class Init:
     tensors of an official file under the model's names (written next to the run by ``write``)."""
 
     report: str
-    file: Path | None = None
+    file: Any = None  # a local Path, or a storage Location
     state: dict[str, torch.Tensor] | None = None
     source: str = ""
 
-    def write(self, target: Path) -> Path:
-        """The file the workers load (``target`` for an official file's tensors)."""
-        from safetensors.torch import save_file
+    def write(self, target: Any) -> Any:
+        """The file the workers load (``target`` for an official file's tensors: a local path,
+        or a ``storage.Location`` in a remote run folder, which every node reads)."""
+        from safetensors.torch import save
+
+        from ..runtime.storage import Location
 
         if self.file is not None:
             return self.file
         assert self.state is not None
-        target.parent.mkdir(parents=True, exist_ok=True)
-        save_file(self.state, str(target), metadata={"source": self.source})
-        return target
+        data = save({k: v.contiguous() for k, v in self.state.items()}, metadata={"source": self.source})
+        if isinstance(target, Location) and not target.local:
+            target.write_bytes(data)
+            return target
+        path = target.local_path if isinstance(target, Location) else Path(target)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return path
 
 
 def prepare_init(spec: Any, config: Any, text: str, map_name: str = DEFAULT_MAP,
@@ -240,18 +271,30 @@ def prepare_init(spec: Any, config: Any, text: str, map_name: str = DEFAULT_MAP,
     """
     from ..api import build_model
     from ..runtime.checkpoints import check_matches, resolve_checkpoint
+    from ..runtime.storage import is_remote, open_location
 
     part, file = parse_init(text)
     with torch.device("meta"):
         model = build_model(spec, **config.model_arguments())
-    if Path(file).is_dir():
+    remote = open_location(file, config.run.storage_endpoint, where=f"--init {file}") \
+        if is_remote(file) else None
+    if (remote.is_dir() or not remote.exists()) if remote is not None else Path(file).is_dir():
         if part is not None:
             raise simple_error("--init", f"--init {part}=DIR: a checkpoint folder initialises the "
                                          f"whole model; give an official file for a part")
-        folder = resolve_checkpoint(file)
+        folder = resolve_checkpoint(remote if remote is not None else file)
         check_matches(model, folder)
-        return Init(f"initialising from the checkpoint {folder}", file=folder / "model.safetensors")
-    weights = read_weights(file)
+        model_file = folder.child("model.safetensors") if remote is not None else folder / "model.safetensors"
+        return Init(f"initialising from the checkpoint {folder}", file=model_file)
+    if remote is not None:  # an official file in storage: read from a temporary copy
+        with remote.fetched() as local:
+            return _init_from_official(model, local, file, map_name, allow_partial, part)
+    return _init_from_official(model, file, file, map_name, allow_partial, part)
+
+
+def _init_from_official(model: Any, path: Any, file: str, map_name: str, allow_partial: bool,
+                        part: str | None) -> Init:
+    weights = read_weights(path)
     plan = plan_for(model, weights, map_name, part)
     spec_label = _label(model)
     refuse(plan, weights, model, allow_partial)
@@ -262,12 +305,18 @@ def prepare_init(spec: Any, config: Any, text: str, map_name: str = DEFAULT_MAP,
                 source=f"{file} (sha256 {weights.sha256})")
 
 
-def load_init(model: Any, path: str | Path) -> int:
+def load_init(model: Any, path: Any) -> int:
     """Load the tensors ``prepare_init`` wrote (every one must be the model's); the others keep
-    their initialisation. Returns how many were loaded."""
-    from safetensors.torch import load_file
+    their initialisation. Returns how many were loaded. ``path``: a local file or a
+    ``storage.Location`` (read from storage by each worker)."""
+    from safetensors.torch import load, load_file
 
-    state = load_file(str(path))
+    from ..runtime.storage import Location
+
+    if isinstance(path, Location) and not path.local:
+        state = load(path.read_bytes())
+    else:
+        state = load_file(str(path.local_path if isinstance(path, Location) else path))
     reference = model.state_dict()
     wrong = [k for k, v in state.items() if k not in reference or v.shape != reference[k].shape]
     if wrong:
