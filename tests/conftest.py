@@ -1,8 +1,10 @@
-"""Helpers shared by the test files (import them: ``from conftest import make_call``)."""
+"""Helpers shared by the test files (import them: ``from conftest import make_call``), and the
+``s3_endpoint`` fixture (an S3-compatible store on loopback)."""
 from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import torch
 
 from mtl_dsl.blocks import REGISTRY, Call
@@ -35,3 +37,29 @@ def assert_batch_independent(model, images: torch.Tensor, start: int, stop: int 
         full, alone = model(images), model(images[part])
     for task in full:
         assert torch.allclose(full[task]["final"][part], alone[task]["final"], atol=1e-4)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """An S3-compatible store on loopback (moto's threaded server) with a bucket ``runs``, and test
+    credentials in the environment, where a user's would be (never in a config or URI)."""
+    import logging
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    patch = pytest.MonkeyPatch()
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        patch.setenv(key, value)
+    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        patch.delenv(key, raising=False)
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="runs")
+    yield endpoint
+    server.stop()
+    patch.undo()

@@ -5,15 +5,18 @@ Ray path they are pickled, so a callback class must be importable there). The lo
 
 * ``on_losses(run, values)`` after the forward pass, with this rank's loss vector (one entry per
   task, then the total) before it is averaged over the workers; a callback may change it in place;
-* ``on_step_end(run)`` after the optimiser step, with ``run.step`` the number of steps done.
+* ``on_step_end(run)`` after the optimiser step, with ``run.step`` the number of steps done (before
+  that step's evaluation and checkpoint).
 
 ``run`` is the loop's state (``mtl_dsl.runtime.loop.Run``): ``step``, ``tasks``, ``session.rank``...
 The fault injectors below are what the tests and the fault campaign use to crash a worker or
-poison a loss at a chosen step, without any test branch inside the loop.
+poison a loss at a chosen step, or hold a run still while a node is taken down, without any test
+branch inside the loop.
 """
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 
@@ -59,3 +62,19 @@ class PoisonLoss(Callback):
     def on_losses(self, run, values) -> None:
         if run.step + 1 >= self.step and run.session.rank == self.rank:
             values[run.tasks.index(self.task)] = self.value
+
+
+class PauseAfterStep(Callback):
+    """Every rank waits after step ``step`` until the file ``marker`` exists (at most ``timeout``
+    seconds): the run stands still there, its checkpoints of earlier steps written, while a test
+    takes a node down. A restarted run finds the marker and does not wait."""
+
+    def __init__(self, step: int, marker: str | Path, timeout: float = 300.0):
+        self.step, self.marker, self.timeout = int(step), str(marker), float(timeout)
+
+    def on_step_end(self, run) -> None:
+        if run.step != self.step:
+            return
+        deadline = time.monotonic() + self.timeout
+        while not Path(self.marker).exists() and time.monotonic() < deadline:
+            time.sleep(0.2)

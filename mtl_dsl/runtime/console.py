@@ -32,7 +32,9 @@ def format_start_line(record: dict) -> str:
     start = f"from step {record['step']} " if record.get("step") else ""
     n = record.get("threads")
     threads = f" ({n} thread{'s' if n != 1 else ''})" if record.get("device") == "cpu" else ""
-    return (f"training {record['total']} steps {start}on {record['world']} worker(s), "
+    nodes = len(record.get("nodes") or [])
+    where = f" on {nodes} nodes" if nodes > 1 else ""
+    return (f"training {record['total']} steps {start}on {record['world']} worker(s){where}, "
             f"{record['device']}{threads}, batch {record['batch']}; tasks {', '.join(record['tasks'])}")
 
 

@@ -109,6 +109,7 @@ class Run:
     metrics: dict = field(default_factory=dict)
     meter: Optional[Meter] = None
     skipped: int = 0  # unreadable samples replaced (dataset.skip_bad_samples)
+    nodes: list = field(default_factory=list)  # the machines the workers run on
 
     @property
     def tasks(self) -> list[str]:
@@ -255,6 +256,7 @@ def check_data_on_every_node(run: Run) -> None:
         elif not os.access(root, os.R_OK | os.X_OK):
             problem = "not readable"
     reports = session.gather({"node": session.node, "rank": session.rank, "problem": problem})
+    run.nodes = sorted({r["node"] for r in reports})
     bad = [r for r in reports if r["problem"]]
     if not bad:
         return
@@ -270,7 +272,7 @@ def check_data_on_every_node(run: Run) -> None:
 def announce(run: Run) -> None:
     session = run.session
     session.emit({"kind": "start", "step": run.step, "total": run.total_steps, "tasks": run.tasks,
-                  "world": session.world, "device": str(run.device),
+                  "world": session.world, "nodes": run.nodes, "device": str(run.device),
                   "batch": run.cfg.per_worker_batch() * session.world,
                   "threads": torch.get_num_threads()})
 
