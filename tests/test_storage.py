@@ -115,6 +115,14 @@ def test_a_second_run_on_the_same_uri_is_refused_naming_the_holder(s3):
         assert again.took_over is None
 
 
+def test_a_missing_bucket_is_one_error_naming_the_lease(s3_endpoint):
+    run = open_location("s3://no-such-bucket/runs/x", s3_endpoint)
+    with pytest.raises(UsageError) as info:
+        Lease(run).acquire()
+    assert info.value.message.startswith(f"cannot use the run lease {run}/.lock: ")
+    assert "NoSuchBucket" in info.value.message
+
+
 def test_the_lease_of_a_dead_process_or_one_not_renewed_is_taken_over(s3):
     run = s3.child("run")
     dead = {"pid": _dead_pid(), "host": socket.gethostname(), "started": "then", "token": "x",

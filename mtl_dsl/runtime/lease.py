@@ -76,39 +76,37 @@ class S3LeaseStore(LeaseStore):
             endpoint = f"https://{endpoint}"
         self.client = boto3.client("s3", endpoint_url=endpoint or None)
 
-    def _refused(self, exc) -> bool:
-        error = getattr(exc, "response", {}).get("Error", {})
-        status = getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
-        return error.get("Code") in ("PreconditionFailed", "ConditionalRequestConflict",
-                                     "NoSuchKey") or status in (404, 409, 412)
-
-    def _call(self, method: str, **kwargs):
+    def _call(self, method: str, refused: tuple[str, ...], **kwargs):
+        """The response, or None if S3 answered with one of the ``refused`` error codes (a
+        failed condition, an absent object); any other error is one line naming the lease."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             return getattr(self.client, method)(Bucket=self.bucket, Key=self.key, **kwargs)
         except ClientError as exc:
-            if self._refused(exc):
+            if exc.response.get("Error", {}).get("Code") in refused:
                 return None
             raise usage_error(self.where, f"cannot use the run lease {self.where}: {exc}") from None
         except BotoCoreError as exc:
             raise usage_error(self.where, f"cannot reach storage for the run lease "
                                           f"{self.where}: {exc}") from None
 
+    _CONDITION = ("PreconditionFailed", "ConditionalRequestConflict")
+
     def create(self, data: bytes) -> Optional[str]:
-        response = self._call("put_object", Body=data, IfNoneMatch="*")
+        response = self._call("put_object", self._CONDITION, Body=data, IfNoneMatch="*")
         return None if response is None else response["ETag"]
 
     def read(self) -> Optional[tuple[bytes, str]]:
-        response = self._call("get_object")
+        response = self._call("get_object", ("NoSuchKey",))
         return None if response is None else (response["Body"].read(), response["ETag"])
 
     def replace(self, data: bytes, version: str) -> Optional[str]:
-        response = self._call("put_object", Body=data, IfMatch=version)
+        response = self._call("put_object", (*self._CONDITION, "NoSuchKey"), Body=data, IfMatch=version)
         return None if response is None else response["ETag"]
 
     def delete(self) -> None:
-        self._call("delete_object")
+        self._call("delete_object", ("NoSuchKey",))
 
 
 class VerifiedLeaseStore(LeaseStore):

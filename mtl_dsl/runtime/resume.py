@@ -28,7 +28,7 @@ FIXED_ON_RESUME = (
     "training.total_batch_size", "training.input_size", "training.augment", "optimizer.name",
     "loss.weighting",
 )
-NOT_COMPARED = ("recipe", "run.name", "run.storage")  # the same run folder, or a record only
+NOT_COMPARED = ("recipe", "run.name", "run.storage", "run.storage_endpoint")  # the same run folder, or a record only
 
 
 def _digest(text: str) -> str:
