@@ -275,9 +275,11 @@ def test_metrics_and_tensorboard_reach_remote_storage_and_a_resume_extends_them(
     assert len(events) == 2 and all(e.startswith("events.out.tfevents.") for e in events)
 
 
-def test_eval_and_predict_read_a_checkpoint_uri_and_predict_writes_to_one(tmp_path, s3, capsys):
+def test_eval_predict_and_init_read_a_checkpoint_uri_and_predict_writes_to_one(
+        tmp_path, s3, capsys, monkeypatch):
     """A run trained here (plain, local), its folder copied into storage: the commands read the
-    URI, and ``predict --out`` writes PNGs into storage."""
+    URI, ``predict --out`` writes PNGs into storage, and a fresh run starts from its weights
+    (``--init URI``)."""
     from PIL import Image
 
     from mtl_dsl.cli import main
@@ -304,3 +306,88 @@ def test_eval_and_predict_read_a_checkpoint_uri_and_predict_writes_to_one(tmp_pa
     assert main(["eval", "baseline_mt", "--checkpoint", f"{s3.uri}/nothing-here",
                  "--storage-endpoint", s3.endpoint]) == 2
     assert f"checkpoint not found: {s3.uri}/nothing-here" in capsys.readouterr().err
+
+    # --init with a checkpoint folder in storage; the store's endpoint from the environment, as
+    # for any AWS client (run.storage_endpoint belongs to an s3:// run.storage).
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint)
+    records = []
+    again = run_training("baseline_mt", load_config(overrides=dict(
+        cfg.dump(), run={"storage": str(tmp_path / "runs"), "name": "init"},
+        training=dict(cfg.dump()["training"], iterations=1))),
+        plain=True, progress=records.append, init={"file": f"{s3.uri}/copied"})
+    notes = [r["text"] for r in records if r.get("kind") == "note"]
+    first = f"{s3.uri}/copied/step_00000002"
+    assert f"initialising from the checkpoint {first}" in notes
+    count = len(load_checkpoint(result.checkpoint, with_state=False).model_state)
+    assert f"initialised {count} tensors from {first}/model.safetensors" in notes
+    assert again.step == 1 and not (again.run_dir / "init").exists()  # read from storage
+
+
+# --- convert -o and --init with official files in storage ----------------------------------------------
+
+CONVERT_ARGS = ["--tasks", "nyud", "--input", "96x128"]
+
+
+@pytest.fixture(scope="module")
+def official(tmp_path_factory) -> Path:
+    from test_golden import official_file
+
+    return official_file("baseline_mt", tmp_path_factory.mktemp("official"))
+
+
+def test_convert_writes_to_a_uri_and_init_reads_official_files_and_folders_there(official, s3, capsys):
+    """``convert -o URI`` and ``--init`` with the folder it wrote, or with the official file in
+    storage, give the same tensors (the convert path and the init path map the file apart)."""
+    import pickle
+
+    from safetensors.torch import load
+
+    from mtl_dsl.api import compile_model
+    from mtl_dsl.cli import main
+    from mtl_dsl.weights.convert import load_init, prepare_init
+
+    target = s3.child("converted")
+    argv = ["convert", "baseline_mt", str(official), *CONVERT_ARGS, "-o", target.uri,
+            "--storage-endpoint", s3.endpoint]
+    assert main(argv) == 0
+    assert [c.name for c in target.children()] == ["meta.json", "model.safetensors",
+                                                   "optimizer.safetensors"]
+    converted = load(target.child("model.safetensors").read_bytes())
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert f"output folder exists: {target.uri}" in capsys.readouterr().err
+
+    cfg = load_config(overrides={"tasks": "nyud", "training": {"input_size": [96, 128]},
+                                 "run": {"storage": s3.uri, "storage_endpoint": s3.endpoint}})
+    model = compile_model("baseline_mt", tasks="nyud", input_size=(96, 128))
+    assert model.state_dict().keys() == converted.keys()
+
+    def loaded(file) -> bool:
+        """``file`` (as Ray hands it to a worker: pickled) loads every tensor of the converted
+        folder into the model."""
+        model.load_state_dict({k: torch.zeros_like(v) for k, v in model.state_dict().items()})
+        assert load_init(model, pickle.loads(pickle.dumps(file))) == len(converted)
+        state = model.state_dict()
+        return all(torch.equal(state[k], converted[k]) for k in converted)
+
+    # a checkpoint folder in storage: the workers read its model file from there
+    init = prepare_init("baseline_mt", cfg, target.uri)
+    assert init.report == f"initialising from the checkpoint {target.uri}"
+    file = init.write(s3.child("run", "init", "model.safetensors"))
+    assert str(file) == f"{target.uri}/model.safetensors" and loaded(file)
+    # an official file in storage: mapped on the driver, written into the run folder in storage
+    s3.child("official.safetensors").write_bytes(official.read_bytes())
+    init = prepare_init("baseline_mt", cfg, f"{s3.uri}/official.safetensors")
+    assert f"{s3.uri}/official.safetensors" in init.source
+    file = init.write(s3.child("run", "init", "model.safetensors"))
+    assert file.uri == f"{s3.uri}/run/init/model.safetensors" and loaded(file)
+
+
+def test_a_sweep_refuses_remote_storage_before_anything_starts():
+    from mtl_dsl.runtime.sweep import experiment_dir
+
+    cfg = load_config(overrides={"run": {"storage": "s3://runs/sweeps"}})
+    with pytest.raises(UsageError) as info:
+        experiment_dir("baseline_mt", cfg)
+    assert info.value.message == "mtl-dsl tune keeps its experiment in a local or NFS folder, not in s3://runs/sweeps"
+    assert "give a local --storage" in info.value.render()

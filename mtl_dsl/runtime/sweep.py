@@ -55,6 +55,14 @@ class SweepResult:
 
 
 def experiment_dir(spec: Any, cfg: RunConfig) -> Path:
+    from ..errors import usage_error
+    from .storage import is_remote
+
+    if is_remote(cfg.run.storage):
+        # Ray Tune's experiment state and the results files live in one folder on the driver.
+        raise usage_error("run.storage", f"mtl-dsl tune keeps its experiment in a local or NFS "
+                                          f"folder, not in {cfg.run.storage}",
+                           hint="give a local --storage (object storage serves mtl-dsl train)")
     storage = Path(cfg.run.storage).expanduser().resolve()
     if cfg.run.name:
         return storage / cfg.run.name
