@@ -5,7 +5,8 @@ For each reference spec (NYUD-v2, 4 tasks, 425x560; InvPT 448x576) the compiled 
 bytes DDP all-reduces per step: every parameter that receives a gradient (``requires_grad``; the
 idle parameters kept for parity are frozen and never reduced), 4 bytes each (fp32 gradients; DDP
 reduces in the parameters' dtype). The step time is one forward + backward + SGD step at batch 1
-on this machine's CPU (median of ``--repeats`` after one warm-up).
+on this machine's CPU (the fastest of ``--repeats`` after one warm-up: the least disturbed by
+other processes on a shared machine).
 
 The model (stated in docs/scaling.md): a ring all-reduce of S bytes over p ranks moves
 2 (p-1)/p S bytes through each rank's slowest link and takes 2 (p-1) latency steps:
@@ -33,7 +34,6 @@ efficiencies are lower bounds. Prints markdown tables (docs/scaling.md quotes th
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -105,7 +105,7 @@ def measure(spec: str, preset, size, repeats: int, step: bool) -> dict:
             optimizer.step()
             if i:
                 times.append(time.perf_counter() - started)
-        out["cpu_step"] = statistics.median(times)
+        out["cpu_step"] = min(times)
     return out
 
 
