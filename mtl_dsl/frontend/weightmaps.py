@@ -171,7 +171,7 @@ class WeightMaps:
                 rules = out.setdefault(stmt.name, [])
                 try:
                     self._items(stmt.name, stmt.items, scope, rules)
-                except Poison:
+                except Poison:  # reported where the poisoned value was made: one error per cause
                     pass
         return out
 

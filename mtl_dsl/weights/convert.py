@@ -101,16 +101,23 @@ def _task_hint(weights: OfficialWeights, tasks: list[str]) -> str:
 def apply_file(model: Any, path: str | Path, map_name: str = DEFAULT_MAP, part: str | None = None,
                allow_partial: bool = False) -> Loaded:
     """Load an official file into ``model`` (its other tensors keep their values)."""
+    plan, weights, state, report = _planned_state(model, path, map_name, part, allow_partial)
+    _, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected, unexpected  # the plan only names the model's tensors
+    return Loaded(plan, weights, state, report)
+
+
+def _planned_state(model: Any, path: Any, map_name: str, part: str | None,
+                   allow_partial: bool) -> tuple[Any, Any, dict, str]:
+    """Read an official file, plan it onto ``model`` by name (refusing what the plan cannot
+    place), and return (plan, weights, the model's tensors from it, the report)."""
     weights = read_weights(path)
     plan = plan_for(model, weights, map_name, part)
-    spec = _label(model)
     refuse(plan, weights, model, allow_partial)
     reference = model.state_dict()
     state = materialize(plan, weights.tensors, reference)
-    _, unexpected = model.load_state_dict(state, strict=False)
-    assert not unexpected, unexpected  # the plan only names the model's tensors
     status = node_status(plan, [n.name for n in model.ir.nodes], list(reference))
-    return Loaded(plan, weights, state, render(plan, weights, spec, status, part))
+    return plan, weights, state, render(plan, weights, _label(model), status, part)
 
 
 def convert(spec: str, file: str | Path, out: Any, **kwargs: Any) -> tuple[Any, str]:
@@ -294,14 +301,8 @@ def prepare_init(spec: Any, config: Any, text: str, map_name: str = DEFAULT_MAP,
 
 def _init_from_official(model: Any, path: Any, file: str, map_name: str, allow_partial: bool,
                         part: str | None) -> Init:
-    weights = read_weights(path)
-    plan = plan_for(model, weights, map_name, part)
-    spec_label = _label(model)
-    refuse(plan, weights, model, allow_partial)
-    reference = model.state_dict()
-    state = materialize(plan, weights.tensors, reference)
-    status = node_status(plan, [n.name for n in model.ir.nodes], list(reference))
-    return Init(render(plan, weights, spec_label, status, part), state=state,
+    _, weights, state, report = _planned_state(model, path, map_name, part, allow_partial)
+    return Init(report, state=state,
                 source=f"{file} (sha256 {weights.sha256})")
 
 
