@@ -153,7 +153,7 @@ def reap(token: str, grace: float = 20.0) -> int:
             name = (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")[0].decode()
             LEFT_BEHIND.append(f"{token}: {pid} {Path(name).name}")
             os.kill(pid, signal.SIGKILL)
-        except (OSError, UnicodeDecodeError):
+        except (OSError, UnicodeDecodeError):  # it exited between the scan and the kill
             pass
     return len(left)
 
