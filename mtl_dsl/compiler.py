@@ -28,6 +28,7 @@ from .blocks.user import ModuleBlock
 from .checker import CheckedGraph
 from .errors import Diagnostic, SpecError
 from .ir import IMAGES, CollectionRef, ModelIR, Ref
+from .modules.grad_layout import guard_norm_gradients
 from .modules.shape_probe import guard
 from .passes.fuse import FusionPlan, Group, plan_fusion
 from .tasks import PROFILES, TaskProfile
@@ -82,6 +83,7 @@ def compile_graph(checked: CheckedGraph, fuse: bool = True) -> CompiledModel:
     """The model of a checked graph; ``fuse`` whether it starts with fusion on."""
     ir = checked.ir
     root, idle = _build_modules(checked)
+    guard_norm_gradients(root)  # a PyTorch backward defect at batch one (see grad_layout)
     plan = plan_fusion(checked)
     unfused = _build_graph(checked, None)
     # Built from the unfused graph, so modules are registered (and state_dict ordered) as always.

@@ -152,6 +152,7 @@ def train_loop(job: dict, session) -> dict:
 
 def setup(job: dict, session) -> Run:
     """Build the model, the criterion, the loss weighting and the optimisers."""
+    from ..modules.grad_layout import guard_norm_gradients
     from .checkpoints import ir_hash
     from .losses import MultiTaskCriterion
     from .weighting import build_weighting
@@ -164,6 +165,7 @@ def setup(job: dict, session) -> Run:
     model_hash = ir_hash(getattr(model, "ir", None))
     if session.device.type == "cuda" and session.world > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        guard_norm_gradients(model)  # the new modules do not carry the compiler's hooks
     centroids = "pascal" if cfg.dataset.name == "pascal" else "nyu"
     criterion = MultiTaskCriterion(tasks, profile.edge_pos_weight, centroids)
     weighting = build_weighting(cfg.loss.weighting, tasks, {t: cfg.loss_weight(t) for t in tasks},

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..grad_layout import guard_norm_output
+
 # Layers without state that treat every channel alike: one call on the joint value is the T calls.
 CHANNELWISE = (nn.ReLU, nn.GELU, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.SiLU, nn.Identity,
                nn.LeakyReLU, nn.Hardswish, nn.Upsample, nn.AvgPool2d, nn.MaxPool2d)
@@ -125,7 +127,7 @@ def batch_norm(bns: Sequence[nn.modules.batchnorm._BatchNorm], x: Maps) -> Maps:
     var = torch.cat([m.running_var for m in bns]) if stats else None
     weight = torch.cat([m.weight for m in bns]) if bn.affine else None
     bias = torch.cat([m.bias for m in bns]) if bn.affine else None
-    y = F.batch_norm(x.data, mean, var, weight, bias, batch_stats, factor, bn.eps)
+    y = guard_norm_output(F.batch_norm(x.data, mean, var, weight, bias, batch_stats, factor, bn.eps))
     if update and mean is not None and var is not None:
         with torch.no_grad():
             for m, a, v in zip(bns, mean.split(list(x.widths or ())), var.split(list(x.widths or ()))):
