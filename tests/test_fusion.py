@@ -10,6 +10,7 @@ the real models.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 
 from mtl_dsl.api import check_spec, compile_model
 from mtl_dsl.errors import SpecError
+from mtl_dsl.modules.batched.layers import grouping_everywhere
 from mtl_dsl.passes import plan_fusion
 from mtl_dsl.tasks import KNOWN_TASKS
 
@@ -86,9 +88,15 @@ def calibrate_batchnorm(model, images: torch.Tensor) -> None:
         m.momentum = momentum
 
 
-def assert_fusion_exact(model, images: torch.Tensor) -> None:
+def assert_fusion_exact(model, images: torch.Tensor, grouped: bool = False) -> None:
     """Fused == unfused: train-mode outputs, gradients and buffers after a step, eval outputs
-    (running statistics calibrated on the images)."""
+    (running statistics calibrated on the images). ``grouped``: calls on their own maps run as
+    grouped convolutions, as on a GPU (on a CPU they run one by one: ``grouping_pays``)."""
+    with grouping_everywhere() if grouped else nullcontext():
+        _assert_fusion_exact(model, images)
+
+
+def _assert_fusion_exact(model, images: torch.Tensor) -> None:
     state = {k: v.clone() for k, v in model.state_dict().items()}
     model.train()
     out_u, grads_u, bufs_u = _step(model, images, False)
@@ -179,15 +187,15 @@ def _task_string(tasks: list[str]) -> str:
 @settings(max_examples=25, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(spec=random_spec(), tasks=task_sets, h=st.integers(8, 14), w=st.integers(8, 14),
-       batch=st.integers(1, 2))
-def test_fused_equals_unfused_on_random_fan_out_specs(tmp_path, spec, tasks, h, w, batch):
+       batch=st.integers(1, 2), grouped=st.booleans())
+def test_fused_equals_unfused_on_random_fan_out_specs(tmp_path, spec, tasks, h, w, batch, grouped):
     path = tmp_path / "fan.mtl"
     path.write_text(spec)
     torch.manual_seed(0)
     model = compile_model(path, tasks=_task_string(tasks), input_size=(h, w))
     if len(tasks) > 1:
         assert model.fusion.groups, model.fusion.describe()
-    assert_fusion_exact(model, torch.randn(batch, 3, h, w))
+    assert_fusion_exact(model, torch.randn(batch, 3, h, w), grouped)
 
 
 KV_OVER_THE_COLLECTION = """model fan(dim = 8) {
@@ -235,25 +243,28 @@ REFERENCE = [
 ]
 
 
+@pytest.mark.parametrize("grouped", [False, True], ids=["as-on-cpu", "grouped"])
 @pytest.mark.parametrize("spec,preset,overrides", REFERENCE,
                          ids=[f"{s}-{p or ''}-{'-'.join(f'{k}={v}' for k, v in o.items())}"
                               for s, p, o in REFERENCE])
-def test_every_reference_spec_gives_the_same_results_with_fusion_on(spec, preset, overrides):
+def test_every_reference_spec_gives_the_same_results_with_fusion_on(spec, preset, overrides,
+                                                                    grouped):
     torch.manual_seed(0)
     model = compile_model(spec, tasks="nyud", preset=preset, overrides=overrides,
                           input_size=(32, 32))
     assert model.fusion.groups
-    assert_fusion_exact(model, torch.randn(2, 3, 32, 32))
+    assert_fusion_exact(model, torch.randn(2, 3, 32, 32), grouped)
 
 
-def test_invpt_gives_the_same_results_with_fusion_on():
+@pytest.mark.parametrize("grouped", [False, True], ids=["as-on-cpu", "grouped"])
+def test_invpt_gives_the_same_results_with_fusion_on(grouped):
     torch.manual_seed(0)
     model = compile_model("invpt", tasks="semseg:5,depth,edge",
                           overrides={"backbone": "test_vit", "levels": [2, 4, 6], "width": 32,
                                      "pred_width": 16}, input_size=(64, 64))
     blocks = {g.block for g in model.fusion.groups}
     assert {"invpt_preliminary_decoder", "invpt_up_embed", "invpt_fuse_stages"} <= blocks
-    assert_fusion_exact(model, torch.randn(2, 3, 64, 64))
+    assert_fusion_exact(model, torch.randn(2, 3, 64, 64), grouped)
 
 
 # -- the plan ------------------------------------------------------------------------------------------

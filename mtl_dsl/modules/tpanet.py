@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .batched.layers import grouping_pays
 from .batched.tpanet import prior_extractor, shared_mlp
 from .demt import TokenAttention, map_tokens, token_map
 
@@ -111,7 +112,7 @@ class SharedMlp(nn.Module):
                                  nn.Linear(ratio * dim, dim))
 
     def forward(self, maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if self.batched:
+        if self.batched and grouping_pays(next(iter(maps.values())).device):
             return shared_mlp(self, maps)
         out = {}
         for t, m in maps.items():

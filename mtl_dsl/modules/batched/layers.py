@@ -16,8 +16,8 @@ any other layer per call. Every batched form equals the separate calls to float3
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,14 +30,26 @@ CHANNELWISE = (nn.ReLU, nn.GELU, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.SiLU, nn.I
                nn.LeakyReLU, nn.Hardswish, nn.Upsample, nn.AvgPool2d, nn.MaxPool2d)
 
 
-@dataclass
 class Maps:
     """The NCHW maps of T calls: one ``shared`` map they all read, or the T maps concatenated
-    along channels (call i's channels are ``widths[i]`` wide, in call order)."""
+    along channels (call i's channels are ``widths[i]`` wide, in call order). T separate maps
+    (``parts``) are concatenated only when a batched layer reads ``data``: calls that run one by
+    one read their own maps, contiguous, as the separate calls would."""
 
-    data: torch.Tensor
-    calls: int
-    widths: tuple[int, ...] | None = None  # None: shared
+    def __init__(self, data: torch.Tensor | None, calls: int,
+                 widths: tuple[int, ...] | None = None, parts: list[torch.Tensor] | None = None):
+        self._data, self.parts = data, parts
+        self.calls, self.widths = calls, widths  # widths None: shared
+
+    @property
+    def data(self) -> torch.Tensor:
+        if self._data is None:
+            self._data = torch.cat(self.parts, 1)  # type: ignore[arg-type]
+        return self._data
+
+    @property
+    def device(self) -> torch.device:
+        return (self.parts[0] if self._data is None else self._data).device  # type: ignore[index]
 
     @property
     def shared(self) -> bool:
@@ -48,12 +60,18 @@ class Maps:
         """A shared map, or a list with one map per call."""
         if isinstance(value, torch.Tensor):
             return cls(value, calls)
-        return cls(torch.cat(list(value), 1), calls, tuple(v.shape[1] for v in value))
+        return cls.each(list(value))
+
+    @classmethod
+    def each(cls, maps: list[torch.Tensor]) -> "Maps":
+        return cls(None, len(maps), tuple(v.shape[1] for v in maps), parts=maps)
 
     def split(self) -> list[torch.Tensor]:
         """One map per call (a shared map is every call's)."""
         if self.widths is None:
             return [self.data] * self.calls
+        if self.parts is not None:
+            return list(self.parts)
         return list(self.data.split(list(self.widths), 1))
 
     def expanded(self) -> "Maps":
@@ -65,10 +83,35 @@ class Maps:
         return self
 
 
+def grouping_pays(device: torch.device) -> bool:
+    """Whether T convolutions on T different maps (and T small layers on T token sets) gain from
+    running as one grouped convolution (one call on the concatenation). Not on a CPU: there is no
+    kernel launch to save, and oneDNN's grouped convolutions are slower than the separate ones
+    (0.6x for TPANet's 3x3 heads, 0.6x for ATRC's label heads, 0.9x for 1x1 270-wide ones;
+    ``benchmarks/fusion_groups.py``), so calls on their own maps run as T calls there. Calls on
+    one shared map still batch on a CPU: one convolution with the weights stacked is faster than
+    T (1.1-1.2x), and the input gradients add up inside it."""
+    return device.type != "cpu" or _GROUPING_EVERYWHERE
+
+
+_GROUPING_EVERYWHERE = False
+
+
+@contextmanager
+def grouping_everywhere() -> Iterator[None]:
+    """Group calls on their own maps on a CPU too (for the tests of the grouped forms, which
+    otherwise run only on a GPU, and for ``benchmarks/fusion_groups.py --grouped``)."""
+    global _GROUPING_EVERYWHERE
+    was, _GROUPING_EVERYWHERE = _GROUPING_EVERYWHERE, True
+    try:
+        yield
+    finally:
+        _GROUPING_EVERYWHERE = was
+
+
 def _per_call(layers: Sequence[nn.Module], x: Maps) -> Maps:
     """Each call's layer on its own map, in call order (the fallback that is always exact)."""
-    outs = [layer(m) for layer, m in zip(layers, x.split())]
-    return Maps(torch.cat(outs, 1), x.calls, tuple(o.shape[1] for o in outs))
+    return Maps.each([layer(m) for layer, m in zip(layers, x.split())])
 
 
 def conv2d(convs: Sequence[nn.Conv2d], x: Maps) -> Maps:
@@ -81,6 +124,8 @@ def conv2d(convs: Sequence[nn.Conv2d], x: Maps) -> Maps:
     widths = tuple(m.out_channels for m in convs)
     g = c.groups
     bias = None if c.bias is None else [m.bias for m in convs]
+    if not x.shared and not grouping_pays(x.device):
+        return _per_call(convs, x)
     if x.shared:
         if g == 1:
             w = torch.cat([m.weight for m in convs])
@@ -145,6 +190,8 @@ def _same_channelwise(layers: Sequence[nn.Module]) -> bool:
 def apply_layer(layers: Sequence[nn.Module], x: Maps) -> Maps:
     """Layer k of every call, batched where that is exact."""
     first = layers[0]
+    if x.parts is not None and x._data is None and not grouping_pays(x.device):
+        return _per_call(layers, x)  # maps still apart: keep them so (see grouping_pays)
     if isinstance(first, nn.Sequential):
         return run_layers(layers, x)  # type: ignore[arg-type]
     if isinstance(first, nn.Conv2d):
@@ -159,7 +206,10 @@ def apply_layer(layers: Sequence[nn.Module], x: Maps) -> Maps:
 
 
 def run_layers(stacks: Sequence[nn.Sequential], x: Maps) -> Maps:
-    """T ``nn.Sequential`` stacks of one structure, layer by layer."""
+    """T ``nn.Sequential`` stacks of one structure, layer by layer (where grouping does not pay
+    and each call reads its own map, each call's whole stack on its own)."""
+    if not x.shared and not grouping_pays(x.device):
+        return _per_call(stacks, x)
     for layers in zip(*(list(s) for s in stacks)):
         x = apply_layer(layers, x)
     return x
