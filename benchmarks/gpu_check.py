@@ -16,6 +16,9 @@ Sections (``--only`` selects some):
   ``benchmarks/compile_overhead.py`` (``baseline_mt``), interleaved repetitions, median;
 * ``demt_paper``: DeMT's global-attention variant (``variant = "paper"``) at NYUD size
   (``benchmarks/demt_paper_nyud.py``): time of one forward+backward and peak memory;
+* ``fusion``: cross-task fusion's train-step speed-up per reference spec at its official size,
+  batch 2 (``benchmarks/fusion.py --device cuda``: fused vs unfused on one model, alternated,
+  median of 5), where kernel launches are what fusion saves;
 * ``ray``: Ray Train (one worker) against the plain loop on the same device
   (``benchmarks/train_throughput.py``'s measure of steady-state images/s);
 * ``ddp``: a 2-worker Ray Train run with DDP and SyncBatchNorm over NCCL; with one GPU both workers
@@ -43,7 +46,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from mtl_dsl.runtime.callbacks import Callback  # noqa: E402
 
-SECTIONS = ("specs", "ratio", "demt_paper", "ray", "ddp")
+SECTIONS = ("specs", "ratio", "demt_paper", "fusion", "ray", "ddp")
 # The datasets' own profiles: the ATRC genotype specs state theirs (`profile pascal`) and refuse
 # another, and the built-in scenes draw PASCAL's 7 part labels.
 NYUD, PASCAL = "nyud", "pascal"
@@ -246,6 +249,25 @@ def demt_paper(plan: Plan) -> dict:
     return measure("hrnet18", NYUD_SIZE, 1, 2, "bf16", "cuda", report=lambda line: None)
 
 
+def fusion_speedups(plan: Plan) -> dict:
+    import fusion
+
+    rows = fusion.ROWS if not plan.dry else [
+        fusion.Row(r.name, r.spec, None, (32, 32)) for r in fusion.ROWS if r.name in
+        ("baseline_mt", "tpanet")]  # the default (small) backbones at a tiny size
+    reps = 1 if plan.dry else 5
+    figures = {}
+    for row in rows:
+        try:
+            r = fusion.measure(row, reps, 2, str(plan.device))
+            figures[row.name] = {"unfused_s": r["off"], "fused_s": r["on"],
+                                 "speedup": r["off"] / r["on"], "groups": r["groups"]}
+        except Exception as exc:  # noqa: BLE001 - one row's failure must not stop the others
+            figures[row.name] = {"error": _error_text(exc)}
+        _free(plan)
+    return figures
+
+
 def _run_config(plan: Plan, storage: str, name: str, **run):
     from mtl_dsl.runtime.config import load_config
 
@@ -346,6 +368,8 @@ def run(plan: Plan, sections: list[str], report=print) -> dict:
                 figures["ratio"] = compiled_vs_hand_written(plan)
             elif section == "demt_paper":
                 figures["demt_paper"] = demt_paper(plan)
+            elif section == "fusion":
+                figures["fusion"] = fusion_speedups(plan)
             elif section == "ray":
                 figures["ray"] = ray_vs_plain(plan, storage)
             elif section == "ddp":

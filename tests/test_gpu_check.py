@@ -43,6 +43,11 @@ def test_the_dry_run_runs_every_check_on_the_cpu(tmp_path):
     ratio = figures["ratio"]
     assert ratio["compiled_ms"] > 0 and math.isclose(ratio["ratio"], ratio["compiled_ms"] / ratio["hand_written_ms"])
     assert figures["demt_paper"]["step_s"] > 0 and figures["demt_paper"]["tokens"] == 4 * 16 * 16
+    fusion = figures["fusion"]
+    assert list(fusion) == ["baseline_mt", "tpanet"]
+    for name, row in fusion.items():
+        assert row["groups"] >= 1, name
+        assert math.isclose(row["speedup"], row["unfused_s"] / row["fused_s"]), name
     ray = figures["ray"]
     assert ray["ray"]["steps"] == ray["plain"]["steps"] == 6
     assert math.isclose(ray["plain_over_ray"], ray["plain"]["images_per_s"] / ray["ray"]["images_per_s"])
