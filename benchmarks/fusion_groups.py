@@ -1,6 +1,7 @@
 """Cross-task fusion, group by group: where a fused step gains or loses time.
 
-    .venv/bin/python benchmarks/fusion_groups.py --rows tpanet,atrc_nyud_hrnet18 --reps 5
+    .venv/bin/python benchmarks/fusion_groups.py --rows tpanet,atrc_nyud_hrnet18 --reps 7
+    .venv/bin/python benchmarks/fusion_groups.py --rows tpanet --grouped   # as a GPU would run them
 
 ``benchmarks/fusion.py`` times whole training steps, where the backbone dilutes the effect; this
 times each fusion group of a reference spec on its own, at the official size, batch 2: the
@@ -124,11 +125,18 @@ def main(argv=None) -> int:
     p.add_argument("--rows", default="baseline_mt,demt,tpanet,atrc_nyud_hrnet18")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--grouped", action="store_true",
+                   help="calls on their own maps as grouped convolutions, as on a GPU (on a CPU "
+                        "they run one by one: mtl_dsl.modules.batched.layers.grouping_pays)")
     args = p.parse_args(argv)
 
     import torch
 
     from mtl_dsl.api import compile_model
+    from mtl_dsl.modules.batched.layers import grouping_everywhere
+
+    if args.grouped:
+        grouping_everywhere().__enter__()  # for the whole run
 
     print(f"forward + backward of each fusion group, batch {args.batch}, CPU, "
           f"{torch.get_num_threads()} threads, fastest of {args.reps}")
