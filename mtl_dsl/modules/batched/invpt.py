@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .layers import Maps, conv2d, run_layers
+from .layers import Maps, conv2d, grouping_pays, run_layers
 
 
 def _per_call(value, shared: bool, n: int) -> list:
@@ -38,7 +38,7 @@ def up_embeds(modules: Sequence[nn.Module], shared: tuple[bool, ...], x, efa) ->
 def fuse_stages(modules: Sequence[nn.Module], shared: tuple[bool, ...], stages) -> list:
     """``FuseStages``: per task, the stages after the first projected by a 1x1 conv, all resized
     to ``scale`` times the last stage's grid and summed; a stage's T projections as one grouped
-    convolution and one resize."""
+    convolution and one resize (on a GPU; on a CPU the calls run one by one)."""
     from ..invpt import resize
 
     n = len(modules)
@@ -47,6 +47,8 @@ def fuse_stages(modules: Sequence[nn.Module], shared: tuple[bool, ...], stages) 
     for m, value in zip(modules, _per_call(stages, shared[0], n)):
         maps = value if isinstance(value, list) else [value[k] for k in value]
         per_stage.append([s[m.task] if isinstance(s, dict) else s for s in maps])
+    if not grouping_pays(per_stage[0][0].device):  # one by one on a CPU (see grouping_pays)
+        return [m(v) for m, v in zip(modules, _per_call(stages, shared[0], n))]
     stage_maps = list(zip(*per_stage))  # stage -> the calls' maps
     h, w = stage_maps[-1][0].shape[-2:]
     size = (h * first.scale, w * first.scale)
