@@ -299,15 +299,10 @@ class Layout:
         return self._chain(node, None)
 
     and_op = or_op
-
-    def not_op(self, node: Tree) -> Doc:
-        return self.spaced(node)
-
-    def compare(self, node: Tree) -> Doc:
-        return self.spaced(node)
-
-    def comp_op(self, node: Tree) -> Doc:
-        return self.spaced(node)
+    # Token by token with single spaces; `a if c else b` stays on one line (an `if` that began a
+    # line would start a statement).
+    not_op = compare = comp_op = comp_for = ifexp = spaced
+    neg = getitem = tight
 
     def binop(self, node: Tree) -> Doc:
         left, op, right = node.children
@@ -317,9 +312,6 @@ class Layout:
             return self._chain(node, _CHAIN_OPS)
         return self.spaced(node)
 
-    def neg(self, node: Tree) -> Doc:
-        return self.tight(node)
-
     def call(self, node: Tree) -> Doc:
         return concat(self.doc(node.children[0]), self.bracketed(Tree("args", node.children[1:])))
 
@@ -328,16 +320,6 @@ class Layout:
         callee, lpar, value, comp, rpar = node.children
         return concat(self.doc(callee), self.tok(lpar),
                       Align(Fill((self.doc(value), self.doc(comp)))), self.tok(rpar))
-
-    def comp_for(self, node: Tree) -> Doc:
-        return self.spaced(node)
-
-    def ifexp(self, node: Tree) -> Doc:
-        """``a if c else b``: on one line (an ``if`` that began a line would start a statement)."""
-        return self.spaced(node)
-
-    def getitem(self, node: Tree) -> Doc:
-        return self.tight(node)
 
     def getattr(self, node: Tree) -> Doc:
         value, dot, name = node.children

@@ -70,6 +70,14 @@ class MtlServer(LanguageServer):
         parses of the text (``analysis.recover``)."""
         return self.parsed.get(uri) or self.analyses.get(uri)
 
+    def at(self, uri: str, position: lsp.Position, ask):
+        """``ask(analysis, text, position)`` for a request at ``position``; None before any
+        analysis of the document."""
+        found = self.analysis(uri)
+        if found is None:
+            return None
+        return ask(found, self.workspace.get_text_document(uri).source, position)
+
 
 def _path(uri: str) -> Path | None:
     fs = to_fs_path(uri)
@@ -117,29 +125,19 @@ def _did_close(ls: MtlServer, params: lsp.DidCloseTextDocumentParams) -> None:
 
 @server.feature(lsp.TEXT_DOCUMENT_HOVER)
 def _hover(ls: MtlServer, params: lsp.HoverParams) -> lsp.Hover | None:
-    found = ls.analysis(params.text_document.uri)
-    if found is None:
-        return None
-    text = ls.workspace.get_text_document(params.text_document.uri).source
-    return navigation.hover(found, text, params.position)
+    return ls.at(params.text_document.uri, params.position, navigation.hover)
 
 
 @server.feature(lsp.TEXT_DOCUMENT_COMPLETION,
                 lsp.CompletionOptions(trigger_characters=[".", "(", ","]))
 def _completion(ls: MtlServer, params: lsp.CompletionParams) -> lsp.CompletionList:
-    found = ls.analysis(params.text_document.uri)
-    text = ls.workspace.get_text_document(params.text_document.uri).source
-    items = navigation.completion(found, text, params.position) if found is not None else []
-    return lsp.CompletionList(is_incomplete=False, items=items)
+    items = ls.at(params.text_document.uri, params.position, navigation.completion)
+    return lsp.CompletionList(is_incomplete=False, items=items or [])
 
 
 @server.feature(lsp.TEXT_DOCUMENT_DEFINITION)
 def _definition(ls: MtlServer, params: lsp.DefinitionParams) -> lsp.Location | None:
-    found = ls.analysis(params.text_document.uri)
-    if found is None:
-        return None
-    text = ls.workspace.get_text_document(params.text_document.uri).source
-    return navigation.definition(found, text, params.position)
+    return ls.at(params.text_document.uri, params.position, navigation.definition)
 
 
 @server.feature(lsp.TEXT_DOCUMENT_DOCUMENT_SYMBOL)
