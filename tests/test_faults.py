@@ -155,7 +155,7 @@ def test_disk_full_while_checkpointing_says_so_in_one_line_and_exits_1(tmp_path,
 def test_a_full_disk_met_by_ray_trains_copy_is_the_same_one_line(tmp_path):
     """On the Ray path, Ray Train (pyarrow) copies a checkpoint into the run folder; a full disk
     there failed the run with pyarrow's words and left a torn step folder."""
-    from mtl_dsl.runtime.launch import disk_full_error
+    from mtl_dsl.runtime.disk_full import disk_full_error
     from mtl_dsl.runtime.session import disk_full
 
     result = run_training(TinyNet, _config(tmp_path, "ray-full", iterations=2, checkpoint_interval=2),

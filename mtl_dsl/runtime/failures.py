@@ -1,5 +1,5 @@
 """The ways a training run stops early, as exceptions the command line turns into one line and
-exit status 1."""
+exit status 1, and the root cause of a worker's error in one line."""
 from __future__ import annotations
 
 
@@ -28,3 +28,12 @@ class DataUnavailable(TrainingError):
     def __init__(self, message: str, where: str):
         self.where = where
         super().__init__(message)
+
+
+def root_cause(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    for line in reversed(text):
+        line = line.strip()
+        if line and not line.startswith(("File ", "^", "Traceback")):
+            return line
+    return type(exc).__name__

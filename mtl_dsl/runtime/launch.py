@@ -20,7 +20,6 @@ import dataclasses
 import logging
 import os
 import re
-import shutil
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,8 @@ from typing import Any, Callable, Optional
 from ..errors import Diagnostic, SpecError, usage_error
 from .config import RunConfig, load_config
 from .console import Console
-from .failures import BadSample, CheckpointWriteError, DataUnavailable, NonFiniteLoss, TrainingError
+from .failures import (BadSample, CheckpointWriteError, DataUnavailable, NonFiniteLoss, TrainingError,
+                       root_cause)
 from .run_log import RunLog
 from .lease import lock_for
 from .runlock import describe
@@ -109,13 +109,7 @@ def run_training(spec: Any, config: RunConfig | None = None, *, resume: bool = F
     """
     cfg = (config if config is not None else load_config()).for_spec(spec)
     spec_name, source = spec_source(spec)
-    signature: dict = {}
-    if isinstance(spec, (str, Path)):
-        from ..api import check_spec
-        from .resume import graph_signature
-
-        # Shape-check (no weights) here: a spec error must show before any worker starts.
-        signature = graph_signature(check_spec(str(spec), **cfg.model_arguments()).ir)
+    signature = _checked_signature(spec, cfg)
     recorder = Recorder(progress if progress is not None else Console())
     if check_data:
         _check_data_here(cfg, recorder)
@@ -156,6 +150,17 @@ def run_training(spec: Any, config: RunConfig | None = None, *, resume: bool = F
     shown = run_dir.local_path if run_dir.local else run_dir
     return TrainResult(run_dir=shown, step=out["step"], metrics=out["metrics"], checkpoint=checkpoint,
                        history=recorder.of("log"), evaluations=recorder.of("eval"))
+
+
+def _checked_signature(spec: Any, cfg: RunConfig) -> dict:
+    """The graph signature of a spec file or name (empty for a factory), shape-checked (no
+    weights) here: a spec error must show before any worker starts."""
+    if not isinstance(spec, (str, Path)):
+        return {}
+    from ..api import check_spec
+    from .resume import graph_signature
+
+    return graph_signature(check_spec(str(spec), **cfg.model_arguments()).ir)
 
 
 def _check_data_here(cfg: RunConfig, recorder: Recorder) -> None:
@@ -420,13 +425,13 @@ def _train_with_ray(job: dict, cfg: RunConfig, run_name: str, run_dir: Location,
                 result = _fit_interruptibly(trainer, lock)
             except ray.train.TrainingFailedError as exc:
                 raise _disk_full(run_dir, exc) or \
-                    TrainingError(f"training failed: {_root_cause(exc)}") from None
+                    TrainingError(f"training failed: {root_cause(exc)}") from None
             except (KeyboardInterrupt, LeaseLost):
                 started_here = True  # only disconnecting the driver ends the run's actors
                 raise
         if result.error is not None:
             raise _disk_full(run_dir, result.error) or \
-                TrainingError(f"training failed: {_root_cause(result.error)}")
+                TrainingError(f"training failed: {root_cause(result.error)}")
         _raise_worker_error(recorder)
         metrics = dict(result.metrics or {})
         checkpoint = None
@@ -487,34 +492,6 @@ def _fit_interruptibly(trainer, lock=None):
 
 def _disk_full(run_dir: Location, exc: BaseException) -> Optional[CheckpointWriteError]:
     """``disk_full_error`` of a local run folder (a remote one's space is not this machine's)."""
+    from .disk_full import disk_full_error
+
     return disk_full_error(run_dir.local_path, exc) if run_dir.local else None
-
-
-def disk_full_error(run_dir: Path, exc: BaseException) -> Optional[CheckpointWriteError]:
-    """A Ray Train run that failed on a full disk outside the worker's own checks (Ray Train
-    copying a checkpoint into the run folder, or writing its own state there), as the one-line
-    error a plain run gives; the torn checkpoint folder it leaves is removed. None for any other
-    failure."""
-    from .checkpoints import checkpoint_problem, list_checkpoints
-    from .session import disk_full
-
-    if not disk_full(exc):
-        return None
-    steps = sorted(run_dir.glob("step_*"))
-    torn = [p for p in steps if checkpoint_problem(p) is not None]
-    whole = [p for p in list_checkpoints(run_dir) if p not in torn]
-    size = max((sum(f.stat().st_size for f in p.iterdir()) for p in whole), default=0)
-    for path in torn:
-        shutil.rmtree(path, ignore_errors=True)
-    where = torn[-1] if torn else run_dir
-    needed = f"{max(1, -(-size // 2**20))} MB needed" if size else "the size of a checkpoint needed"
-    return CheckpointWriteError(f"no space left on device while writing {where} ({needed})")
-
-
-def _root_cause(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    for line in reversed(text):
-        line = line.strip()
-        if line and not line.startswith(("File ", "^", "Traceback")):
-            return line
-    return type(exc).__name__

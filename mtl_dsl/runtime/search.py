@@ -181,6 +181,33 @@ def rewrite_search_table(source: str, file_entries: list[Any], choices: list[Pai
     explicit rows for the targets it stood for. A comment with the final probabilities goes
     above the table.
     """
+    table_name, entries = _searched_table(source, file_entries)
+    by_pair = {(c.target, c.source): c for c in choices}
+    missing = [f"{t} <- {s}" for t in tasks for s in tasks
+               if (e := _governing(entries, t, s)) is not None and e.value == "search"
+               and (t, s) not in by_pair]
+    if missing:
+        raise ValueError(f"no search result for {', '.join(missing)}")
+    governed: dict[int, list[PairChoice]] = {}
+    for t in tasks:
+        for s in tasks:
+            e = _governing(entries, t, s)
+            if e is not None and e.value == "search":
+                governed.setdefault(id(e), []).append(by_pair[(t, s)])
+    edits = _entry_edits(source, entries, governed)
+    table_at = _table_start(source, table_name, min(e.start for e in entries))
+    indent = _indent_of(source, table_at)
+    comment = [header] if header else []
+    comment += ["Found by `mtl-dsl search`: target <- source: chosen context "
+                "[final probabilities of the architecture logits]"]
+    comment += [format_choice(c) for c in choices]
+    edits.append((table_at, table_at, "".join(f"# {line}\n{indent}" if line else f"#\n{indent}"
+                                              for line in comment)))
+    return _apply(source, edits)
+
+
+def _searched_table(source: str, file_entries: list[Any]) -> tuple[str, list[_Entry]]:
+    """The one table with ``search`` entries: its name and entries (with their source spans)."""
     starts = _offsets(source)
     tables: dict[str, list[_Entry]] = {}
     for e in file_entries:
@@ -194,20 +221,18 @@ def rewrite_search_table(source: str, file_entries: list[Any], choices: list[Pai
         raise ValueError(f"several tables have 'search' entries ({', '.join(searched)}); "
                          f"search one table at a time")
     (table_name, entries), = searched.items()
-    by_pair = {(c.target, c.source): c for c in choices}
-    missing = [f"{t} <- {s}" for t in tasks for s in tasks
-               if (e := _governing(entries, t, s)) is not None and e.value == "search"
-               and (t, s) not in by_pair]
-    if missing:
-        raise ValueError(f"no search result for {', '.join(missing)}")
+    return table_name, entries
 
+
+def _indent_of(source: str, at: int) -> str:
+    return source[source.rfind("\n", 0, at) + 1:at]
+
+
+def _entry_edits(source: str, entries: list[_Entry],
+                 governed: dict[int, list[PairChoice]]) -> list[tuple[int, int, str]]:
+    """The edits of the ``search`` entries: values in place, ``t <- *`` as explicit sources, the
+    ``*`` row's entries as explicit rows (one per target, where the row stood)."""
     edits: list[tuple[int, int, str]] = []
-    governed: dict[int, list[PairChoice]] = {}
-    for t in tasks:
-        for s in tasks:
-            e = _governing(entries, t, s)
-            if e is not None and e.value == "search":
-                governed.setdefault(id(e), []).append(by_pair[(t, s)])
     star_rows: dict[int, list[tuple[_Entry, list[PairChoice]]]] = {}
     rows_removed: set[int] = set()
     for e in entries:
@@ -231,9 +256,8 @@ def rewrite_search_table(source: str, file_entries: list[Any], choices: list[Pai
         if removal[0] == row:
             rows_removed.add(row)
         edits.append(removal)
-    indent_of = lambda at: source[source.rfind("\n", 0, at) + 1:at]  # noqa: E731
     for row, items in star_rows.items():
-        indent = indent_of(row)
+        indent = _indent_of(source, row)
         by_target: dict[str, list[PairChoice]] = {}
         for _, pairs in items:
             for c in pairs:
@@ -243,15 +267,7 @@ def rewrite_search_table(source: str, file_entries: list[Any], choices: list[Pai
                  for t, cs in by_target.items()]
         tail = "" if row in rows_removed else "\n" + indent  # the row's other entries stay
         edits.append((row, row, ("\n" + indent).join(lines) + tail))
-    table_at = _table_start(source, table_name, min(e.start for e in entries))
-    indent = indent_of(table_at)
-    comment = [header] if header else []
-    comment += ["Found by `mtl-dsl search`: target <- source: chosen context "
-                "[final probabilities of the architecture logits]"]
-    comment += [format_choice(c) for c in choices]
-    edits.append((table_at, table_at, "".join(f"# {line}\n{indent}" if line else f"#\n{indent}"
-                                              for line in comment)))
-    return _apply(source, edits)
+    return edits
 
 
 def _remove_entry(text: str, key_start: int, end: int, before: str) -> tuple[int, int, str]:
