@@ -96,31 +96,11 @@ def print_summary(graph: CheckedGraph, batch: int = 1, count_flops: bool = True,
     ir = graph.ir
     size = tuple(ir.input_size)
     figures = model_figures(model, batch, count_flops)
-    rows = []
-    for n in ir.nodes:
-        shape = " ".join(_concrete(t, size, batch) for t in graph.types[n.name])
-        gmacs = f"{figures['macs'][n.name] / 1e9:.3f}" if count_flops else "-"
-        rows.append((n.name, n.block, shape, f"{figures['params'][n.name]:,}", gmacs))
-    headers = ("node", "block", "output shape", "params", "GMACs")
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(headers)]
-    widths[2] = min(widths[2], 60)
-
-    def line(cells: tuple[str, ...]) -> str:
-        out = []
-        for i, c in enumerate(cells):
-            c = c if len(c) <= widths[i] else c[:widths[i] - 3] + "..."
-            out.append(c.rjust(widths[i]) if i >= 3 else c.ljust(widths[i]))
-        return "  ".join(out)
-
     tasks = ", ".join(f"{t.name}:{t.channels}" for t in ir.tasks)
     print(f"model '{ir.name}' from {ir.file}" + (f", preset {ir.preset}" if ir.preset else ""))
     print(f"tasks ({ir.profile}): {tasks}; input {size[0]}x{size[1]}, batch {batch}")
     print()
-    print(line(headers))
-    print(line(tuple("-" * w for w in widths)))
-    for r in rows:
-        print(line(r))
+    _print_node_table(graph, figures, batch, count_flops)
     print()
     idle = sum(p.numel() for name, p in model.named_parameters() if name in model.idle_parameters)
     print(f"parameters: {figures['total']:,} total ({figures['total'] / 1e6:.2f} M), "
@@ -137,20 +117,50 @@ def print_summary(graph: CheckedGraph, batch: int = 1, count_flops: bool = True,
         else:
             print("every op that does multiply-adds was counted.")
     print_fusion(model)
-    if model.idle_parameters:
-        official = official_implementation(ir.file)
-        if official:
-            print(f"idle parameters (never receive a gradient, frozen; built for parameter parity "
-                  f"with {official}):")
-        else:
-            print("idle parameters (never receive a gradient, frozen):")
-        reasons: dict[str, list[str]] = {}
-        for name, reason in model.idle_parameters.items():
-            reasons.setdefault(reason, []).append(name)
-        for reason, names in reasons.items():
-            shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
-            print(f"  {shown}: {reason}")
+    _print_idle_parameters(model)
     return model
+
+
+def _print_node_table(graph: CheckedGraph, figures: dict, batch: int, count_flops: bool) -> None:
+    size = tuple(graph.ir.input_size)
+    rows = []
+    for n in graph.ir.nodes:
+        shape = " ".join(_concrete(t, size, batch) for t in graph.types[n.name])
+        gmacs = f"{figures['macs'][n.name] / 1e9:.3f}" if count_flops else "-"
+        rows.append((n.name, n.block, shape, f"{figures['params'][n.name]:,}", gmacs))
+    headers = ("node", "block", "output shape", "params", "GMACs")
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+    widths[2] = min(widths[2], 60)
+
+    def line(cells: tuple[str, ...]) -> str:
+        out = []
+        for i, c in enumerate(cells):
+            c = c if len(c) <= widths[i] else c[:widths[i] - 3] + "..."
+            out.append(c.rjust(widths[i]) if i >= 3 else c.ljust(widths[i]))
+        return "  ".join(out)
+
+    print(line(headers))
+    print(line(tuple("-" * w for w in widths)))
+    for r in rows:
+        print(line(r))
+
+
+def _print_idle_parameters(model: CompiledModel) -> None:
+    if not model.idle_parameters:
+        return
+    official = official_implementation(model.ir.file)
+    if official:
+        print(f"idle parameters (never receive a gradient, frozen; built for parameter parity "
+              f"with {official}):")
+    else:
+        print("idle parameters (never receive a gradient, frozen):")
+    reasons: dict[str, list[str]] = {}
+    for name, reason in model.idle_parameters.items():
+        reasons.setdefault(reason, []).append(name)
+    for reason, names in reasons.items():
+        shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        print(f"  {shown}: {reason}")
 
 
 def print_fusion(model: CompiledModel) -> None:
