@@ -8,27 +8,16 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .layers import Maps, apply_layer, grouping_pays, run_layers
+from .layers import Maps, apply_layer, run_layers
 
 
 def _maps(x: torch.Tensor | list[torch.Tensor], shared: bool, calls: int) -> Maps:
     return Maps.of(x if shared else list(x), calls)
 
 
-def _separately(modules: Sequence[nn.Module], shared: bool,
-                x: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor] | None:
-    """The calls one by one when each reads its own map and grouping does not pay (a CPU: see
-    ``grouping_pays``); None when the batched form should run."""
-    if shared or grouping_pays(x[0].device):
-        return None
-    return [m(v) for m, v in zip(modules, x)]
-
-
 def dense_heads(modules: Sequence[nn.Module], shared: tuple[bool, ...],
                 x: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
     """``DenseHead``: bottleneck (Conv-BN-ReLU, or none) -> 1x1 logits."""
-    if (separate := _separately(modules, shared[0], x)) is not None:
-        return separate
     y = _maps(x, shared[0], len(modules))
     if not isinstance(modules[0].bottleneck, nn.Identity):
         y = run_layers([m.bottleneck for m in modules], y)
@@ -38,8 +27,6 @@ def dense_heads(modules: Sequence[nn.Module], shared: tuple[bool, ...],
 def ratio_heads(modules: Sequence[nn.Module], shared: tuple[bool, ...],
                 x: torch.Tensor | list[torch.Tensor], features: object) -> list[torch.Tensor]:
     """``RatioHead``: Conv-BN-ReLU bottleneck -> 1x1 logits (``features`` only set the width)."""
-    if (separate := _separately(modules, shared[0], x)) is not None:
-        return separate
     y = run_layers([m.bottleneck for m in modules], _maps(x, shared[0], len(modules)))
     return apply_layer([m.final_logits for m in modules], y).split()
 
@@ -47,6 +34,4 @@ def ratio_heads(modules: Sequence[nn.Module], shared: tuple[bool, ...],
 def conv_bn_acts(modules: Sequence[nn.Sequential], shared: tuple[bool, ...],
                  x: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
     """``ConvBnAct`` (and any ``nn.Sequential`` block module): layer by layer."""
-    if (separate := _separately(modules, shared[0], x)) is not None:
-        return separate
     return run_layers(modules, _maps(x, shared[0], len(modules))).split()
