@@ -88,6 +88,56 @@ def measure(row: Row, reps: int, batch: int, device: str, clock: str = "wall") -
                                                  min(times[True]), max(times[True])))
 
 
+def agreement(row: Row, batch: int, device: str, size: tuple[int, int] | None = None) -> dict:
+    """Fused against unfused on one model, float32 (TF32 off): the largest output difference
+    relative to the output's scale (at least 1), the largest gradient difference relative to that
+    gradient's scale (floored at 1 % of the largest gradient: biases that a BatchNorm follows have
+    gradients of rounding noise), and the largest BatchNorm running-statistics difference after one training step each
+    way from the same state (the issue's bounds: 1e-5 on outputs, 1e-4 relative on gradients)."""
+    import torch
+
+    from mtl_dsl.api import compile_model
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    size = size or row.input
+    torch.manual_seed(0)
+    model = compile_model(row.spec, tasks="nyud", preset=row.preset, input_size=size).to(device).train()
+    images = torch.randn(batch, 3, *size, device=device)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    runs = {}
+    for fused in (True, False):
+        model.load_state_dict(start)
+        model.set_fusion(fused)
+        out = model(images)
+        flat = {f"{t}.{k}": v.detach().float() for t, d in out.items() for k, v in d.items()}
+        sum(v.float().square().mean() for v in flat_values(out)).backward()
+        grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+        buffers = {n: b.detach().clone() for n, b in model.named_buffers() if b.is_floating_point()}
+        runs[fused] = (flat, grads, buffers)
+        model.zero_grad(set_to_none=True)
+    model.load_state_dict(start)
+    (out_on, g_on, b_on), (out_off, g_off, b_off) = runs[True], runs[False]
+
+    largest = max(g.abs().max().item() for g in g_off.values())
+
+    def out_err(a, b):  # relative to the output's scale, at least 1 (tests/test_fusion.py's bound)
+        return ((a - b).abs().max() / b.abs().max().clamp_min(1.0)).item()
+
+    def grad_err(a, b):  # relative to the gradient's scale, with a floor of 1 % of the largest
+        return ((a - b).abs().max() / (b.abs().max() + 1e-2 * largest)).item()
+
+    return {"outputs_rel": max(out_err(out_on[k], out_off[k]) for k in out_off),
+            "grads_rel": max(grad_err(g_on[n], g_off[n]) for n in g_off),
+            "grads_missing": sorted(set(g_off) ^ set(g_on)),
+            "buffers_abs": max(((b_on[n] - b_off[n]).abs().max().item() for n in b_off), default=0.0),
+            "input": list(size), "batch": batch}
+
+
+def flat_values(out: dict):
+    return [v for task in out.values() for v in task.values()]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rows", default=",".join(r.name for r in ROWS),

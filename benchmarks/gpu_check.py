@@ -19,6 +19,8 @@ Sections (``--only`` selects some):
 * ``fusion``: cross-task fusion's train-step speed-up per reference spec at its official size,
   batch 2 (``benchmarks/fusion.py --device cuda``: fused vs unfused on one model, alternated,
   median of 5), where kernel launches are what fusion saves;
+* ``fusion_exact``: fused against unfused per reference spec at its official size, float32 with
+  TF32 off (outputs, gradients, BatchNorm statistics after a step): the grouped forms a GPU runs;
 * ``ray``: Ray Train (one worker) against the plain loop on the same device
   (``benchmarks/train_throughput.py``'s measure of steady-state images/s);
 * ``ddp``: a 2-worker Ray Train run with DDP and SyncBatchNorm over NCCL; with one GPU both workers
@@ -46,7 +48,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from mtl_dsl.runtime.callbacks import Callback  # noqa: E402
 
-SECTIONS = ("specs", "ratio", "demt_paper", "fusion", "ray", "ddp")
+SECTIONS = ("specs", "ratio", "demt_paper", "fusion", "fusion_exact", "ray", "ddp")
 # The datasets' own profiles: the ATRC genotype specs state theirs (`profile pascal`) and refuse
 # another, and the built-in scenes draw PASCAL's 7 part labels.
 NYUD, PASCAL = "nyud", "pascal"
@@ -268,6 +270,21 @@ def fusion_speedups(plan: Plan) -> dict:
     return figures
 
 
+def fusion_agreement(plan: Plan) -> dict:
+    """Fused against unfused in float32 for every reference spec: on a GPU the grouped forms are
+    what runs (a CPU runs calls on their own maps one by one), so this is where they are checked
+    at the official sizes."""
+    import fusion
+
+    figures = {}
+    for row in fusion.ROWS if not plan.dry else fusion.ROWS[:2]:
+        size = (32, 32) if plan.dry else None
+        bare = fusion.Row(row.name, row.spec, None, row.input) if plan.dry else row
+        figures[row.name] = _guarded(fusion.agreement, bare, 2, str(plan.device), size)
+        _free(plan)
+    return figures
+
+
 def _run_config(plan: Plan, storage: str, name: str, **run):
     from mtl_dsl.runtime.config import load_config
 
@@ -370,6 +387,8 @@ def run(plan: Plan, sections: list[str], report=print) -> dict:
                 figures["demt_paper"] = demt_paper(plan)
             elif section == "fusion":
                 figures["fusion"] = fusion_speedups(plan)
+            elif section == "fusion_exact":
+                figures["fusion_exact"] = fusion_agreement(plan)
             elif section == "ray":
                 figures["ray"] = ray_vs_plain(plan, storage)
             elif section == "ddp":
