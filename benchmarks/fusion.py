@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/fusion.py                     # every row, 5 steps each way
     .venv/bin/python benchmarks/fusion.py --rows baseline_mt,demt --reps 9
-    .venv/bin/python benchmarks/fusion.py --device cuda       # the same table on a GPU
+    .venv/bin/python benchmarks/fusion.py --device cuda       # the same table on a GPU (tuned)
 
 Each row is a reference spec at its official size (NYUD-v2, 4 tasks, 425x560; InvPT 448x576) with
 batch 2. One model is built per row; its two forwards (``set_fusion(True/False)``) share the same
@@ -12,6 +12,9 @@ timed alternately (off/on, then on/off, ...) so that drifting load on a shared m
 alike; the table shows the median of each and their ratio (speed-up = unfused / fused), the
 ratio of the fastest steps (on a shared machine the least disturbed step is the steadier estimate
 of what a step costs), and the fusion plan (calls batched into groups).
+
+On a GPU the fused model is first tuned as training tunes it (``mtl_dsl.fusion_tuning``: the
+groups measured slower batched run one by one), ``--no-tune`` times every group batched.
 
 Targets (issue 13): at least 1.2x on DeMT and TPANet, 1.1x on the baseline, no spec slower.
 """
@@ -65,15 +68,21 @@ def step_time(model, images, fused: bool, clock: str = "wall") -> float:
     return now() - t0
 
 
-def measure(row: Row, reps: int, batch: int, device: str, clock: str = "wall") -> dict:
+def measure(row: Row, reps: int, batch: int, device: str, clock: str = "wall",
+            tune: bool | None = None) -> dict:
+    """``tune`` (default: on a GPU, as training does): keep batched only the groups measured
+    faster so (``mtl_dsl.fusion_tuning``) before timing."""
     import torch
 
     from mtl_dsl.api import compile_model
+    from mtl_dsl.fusion_tuning import tune_fusion
 
     torch.manual_seed(0)
     model = compile_model(row.spec, tasks="nyud", preset=row.preset, input_size=row.input)
     model.to(device).train()
     images = torch.randn(batch, 3, *row.input, device=device)
+    if tune if tune is not None else device.startswith("cuda"):
+        tune_fusion(model, images)
     for fused in (False, True):
         step_time(model, images, fused, clock)
     times: dict[bool, list[float]] = {False: [], True: []}
@@ -83,7 +92,7 @@ def measure(row: Row, reps: int, batch: int, device: str, clock: str = "wall") -
     off, on = statistics.median(times[False]), statistics.median(times[True])
     plan = model.fusion
     return dict(row=row, off=off, on=on, fastest=min(times[False]) / min(times[True]),
-                groups=len(plan.groups), calls=plan.fused_nodes,
+                groups=len(plan.groups), found=len(model.full_fusion.groups), calls=plan.fused_nodes,
                 within=len(plan.within), spread=(min(times[False]), max(times[False]),
                                                  min(times[True]), max(times[True])))
 
@@ -109,6 +118,7 @@ def agreement(row: Row, batch: int, device: str, size: tuple[int, int] | None = 
     for fused in (True, False):
         model.load_state_dict(start)
         model.set_fusion(fused)
+        torch.manual_seed(1)  # the same dropout draws both ways
         out = model(images)
         flat = {f"{t}.{k}": v.detach().float() for t, d in out.items() for k, v in d.items()}
         sum(v.float().square().mean() for v in flat_values(out)).backward()
@@ -145,6 +155,10 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=5, help="timed steps each way (median)")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--no-tune", action="store_true", help="on a GPU too, every group batched")
+    p.add_argument("--no-tf32", action="store_true",
+                   help="on a GPU, float32 convolutions and matmuls without TF32 (cuDNN then "
+                        "picks other kernels)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                    help="wall: elapsed time; cpu: the process's CPU time, which other load on a "
@@ -156,22 +170,28 @@ def main(argv=None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.no_tf32:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     chosen = args.rows.split(",")
     unknown = [r for r in chosen if r not in {row.name for row in ROWS}]
     if unknown:
         p.error(f"unknown rows: {', '.join(unknown)}")
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else \
         f"CPU, {torch.get_num_threads()} threads"
-    print(f"train step (forward + backward), batch {args.batch}, {where}, median of {args.reps} "
+    how = ", TF32 off" if args.no_tf32 else ""
+    how += (", every group batched" if args.no_tune else ", tuned") if args.device.startswith("cuda") else ""
+    print(f"train step (forward + backward), batch {args.batch}, {where}{how}, median of {args.reps} "
           f"({args.clock} clock)")
     print(f"{'spec':20s} {'input':>8s} {'unfused s':>10s} {'fused s':>9s} {'speed-up':>9s} "
           f"{'fastest':>8s}  fusion plan")
     for row in ROWS:
         if row.name not in chosen:
             continue
-        r = measure(row, args.reps, args.batch, args.device, args.clock)
+        r = measure(row, args.reps, args.batch, args.device, args.clock,
+                    tune=False if args.no_tune else None)
         size = f"{row.input[0]}x{row.input[1]}"
-        plan = f"{r['calls']} calls in {r['groups']} groups, {r['within']} modules batched inside"
+        kept = f" (tuned: {r['found'] - r['groups']} of {r['found']} slower)" if r["found"] != r["groups"] else ""
+        plan = f"{r['calls']} calls in {r['groups']} groups{kept}, {r['within']} modules batched inside"
         print(f"{row.name:20s} {size:>8s} {r['off']:10.3f} {r['on']:9.3f} "
               f"{r['off'] / r['on']:8.2f}x {r['fastest']:7.2f}x  {plan}", flush=True)
         lo_off, hi_off, lo_on, hi_on = r["spread"]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,106 +24,34 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from fusion import ROWS  # noqa: E402  (the same rows and sizes as the whole-step table)
 
 
-def _detached(value):
-    import torch
-
-    if isinstance(value, torch.Tensor):
-        return value.detach().requires_grad_(value.is_floating_point())
-    if isinstance(value, dict):
-        return {k: _detached(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_detached(v) for v in value)
-    return value
-
-
-def _tensors(value) -> list:
-    import torch
-
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, dict):
-        return [t for v in value.values() for t in _tensors(v)]
-    if isinstance(value, (list, tuple)):
-        return [t for v in value for t in _tensors(v)]
-    return []
-
-
-def capture_inputs(model, images, names: list[str]) -> dict[str, tuple]:
-    """Each named node's positional inputs in one unfused forward (detached leaves)."""
-    seen: dict[str, tuple] = {}
-    handles = []
-    for name in names:
-        module = model.get_submodule(name)
-        handles.append(module.register_forward_pre_hook(
-            lambda m, args, name=name: seen.setdefault(name, _detached(args))))
-    with model.fusion_off():
-        model(images)
-    for h in handles:
-        h.remove()
-    return seen
-
-
-def _timed(run) -> float:
-    t0 = time.perf_counter()
-    outputs = _tensors(run())
-    loss = sum(o.float().mean() for o in outputs if o.requires_grad)
-    loss.backward()
-    return time.perf_counter() - t0
-
-
 def time_groups(model, images, reps: int) -> list[tuple[str, int, float, float]]:
-    from mtl_dsl.blocks import REGISTRY
-    from mtl_dsl.blocks.construct import resolve_module
+    """The fusion groups (``mtl_dsl.fusion_tuning.time_groups``, what training tunes with on a
+    GPU), then the modules that batch their own per-task layers, batching on and off."""
+    from mtl_dsl.fusion_tuning import capture_inputs, fastest_each_way
+    from mtl_dsl.fusion_tuning import time_groups as time_fusion_groups
 
-    plan = model.fusion
-    names = [n for g in plan.groups for n in g.nodes] + list(plan.within)
-    inputs = capture_inputs(model, images, names)
-    rows = []
-    for group in plan.groups:
-        block = REGISTRY[group.block]
-        modules = tuple(model.get_submodule(n) for n in group.nodes)
-        shared = tuple(name in group.shared for name in block.inputs())
-        per_input = list(zip(*(inputs[n] for n in group.nodes)))
-        batched_args = [calls[0] if s else list(calls) for s, calls in zip(shared, per_input)]
-        batched = resolve_module(group.batched)
-
-        def separate(modules=modules, group=group):
-            return [m(*inputs[n]) for m, n in zip(modules, group.nodes)]
-
-        def fused(modules=modules, shared=shared, args=batched_args, batched=batched):
-            return batched(modules, shared, *args)
-
-        rows.append((group.describe().split(":")[0], len(group.nodes),
-                     *_alternate(model, separate, fused, reps)))
-    for name in plan.within:
+    rows = [(t.group, t.calls, t.separate_s, t.batched_s) for t in time_fusion_groups(model, images, reps)]
+    inputs = capture_inputs(model, images, list(model.fusion.within))
+    for name in model.fusion.within:
         module = model.get_submodule(name)
 
         def run(on: bool, module=module, name=name):
             module.batched = on
             return module(*inputs[name])
 
-        rows.append((f"{name} (inside)", 1, *_alternate(model, lambda: run(False),
-                                                         lambda: run(True), reps)))
+        rows.append((f"{name} (inside)", 1, *fastest_each_way(
+            model, lambda: run(False), lambda: run(True), reps, images.device)))
         module.batched = model.fused
     return rows
 
 
-def _alternate(model, separate, fused, reps: int) -> tuple[float, float]:
-    times: dict[bool, list[float]] = {False: [], True: []}
-    for run in (separate, fused):
-        _timed(run)  # warm-up
-    for i in range(reps):
-        for on in ((False, True) if i % 2 == 0 else (True, False)):
-            times[on].append(_timed(fused if on else separate))
-            model.zero_grad(set_to_none=True)
-    return min(times[False]), min(times[True])
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--rows", default="baseline_mt,demt,tpanet,atrc_nyud_hrnet18")
+    p.add_argument("--rows", default="baseline_mt,demt,tpanet,atrc_nyud_hrnet18,invpt")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu, or cuda (where calls on their own maps are "
+                   "grouped anyway)")
     p.add_argument("--grouped", action="store_true",
                    help="calls on their own maps as grouped convolutions, as on a GPU (on a CPU "
                         "they run one by one: mtl_dsl.modules.batched.layers.grouping_pays)")
@@ -138,16 +65,17 @@ def main(argv=None) -> int:
     if args.grouped:
         grouping_everywhere().__enter__()  # for the whole run
 
-    print(f"forward + backward of each fusion group, batch {args.batch}, CPU, "
-          f"{torch.get_num_threads()} threads, fastest of {args.reps}")
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else \
+        f"CPU, {torch.get_num_threads()} threads"
+    print(f"forward + backward of each fusion group, batch {args.batch}, {where}, fastest of {args.reps}")
     print(f"{'spec':18s} {'group':58s} {'separate s':>10s} {'batched s':>10s} {'speed-up':>9s}")
     for row in ROWS:
         if row.name not in args.rows.split(","):
             continue
         torch.manual_seed(0)
         model = compile_model(row.spec, tasks="nyud", preset=row.preset, input_size=row.input)
-        model.train()
-        images = torch.randn(args.batch, 3, *row.input)
+        model.to(args.device).train()
+        images = torch.randn(args.batch, 3, *row.input, device=args.device)
         for what, _, off, on in time_groups(model, images, args.reps):
             print(f"{row.name:18s} {what[:58]:58s} {off:10.4f} {on:10.4f} {off / on:8.2f}x",
                   flush=True)

@@ -24,7 +24,8 @@ Sections (``--only`` selects some):
 * ``ray``: Ray Train (one worker) against the plain loop on the same device
   (``benchmarks/train_throughput.py``'s measure of steady-state images/s);
 * ``ddp``: a 2-worker Ray Train run with DDP and SyncBatchNorm over NCCL; with one GPU both workers
-  share it (``NCCL_MULTI_RANK_GPU_ENABLE=1``, NCCL 2.30's multi-rank-per-GPU mode). A probe in the
+  share it (``NCCL_MULTI_RANK_GPU_ENABLE=1``, NCCL 2.30's multi-rank-per-GPU mode; with an older
+  NCCL, which refuses two ranks on one GPU, over gloo: ``run.backend``). A probe in the
   loop reports the process group's backend, the world size and the SyncBatchNorm layers.
 
 On a machine without a GPU (or with ``--dry-run``) every section runs at tiny sizes with small
@@ -263,7 +264,8 @@ def fusion_speedups(plan: Plan) -> dict:
         try:
             r = fusion.measure(row, reps, 2, str(plan.device))
             figures[row.name] = {"unfused_s": r["off"], "fused_s": r["on"],
-                                 "speedup": r["off"] / r["on"], "groups": r["groups"]}
+                                 "speedup": r["off"] / r["on"], "groups": r["groups"],
+                                 "groups_found": r["found"]}
         except Exception as exc:  # noqa: BLE001 - one row's failure must not stop the others
             figures[row.name] = {"error": _error_text(exc)}
         _free(plan)
@@ -344,7 +346,10 @@ def ddp_two_workers(plan: Plan, storage: str) -> dict:
     ray.cloudpickle.register_pickle_by_value(sys.modules[DDPProbe.__module__])  # workers lack benchmarks/
     probe = Path(storage) / "ddp-probe.json"
     gpus = None if plan.dry else (0.5 if _gpu_count() == 1 else 1.0)
-    cfg = _run_config(plan, storage, "ddp", workers=2, gpus_per_worker=gpus if gpus else 0.0)
+    # Two ranks on one GPU: NCCL 2.30's multi-rank mode, else gloo (older NCCL refuses them).
+    backend = "gloo" if gpus == 0.5 and _nccl_version() < (2, 30) else None
+    cfg = _run_config(plan, storage, "ddp", workers=2, gpus_per_worker=gpus if gpus else 0.0,
+                      backend=backend)
     started = time.perf_counter()
     result = run_training("baseline_mt", cfg, progress=lambda r: None, callbacks=[DDPProbe(str(probe))],
                           check_data=False)
@@ -353,6 +358,13 @@ def ddp_two_workers(plan: Plan, storage: str) -> dict:
             "wall_s": time.perf_counter() - started,
             "images_per_s": history[-1]["images_per_s"] if history else None,
             **json.loads(probe.read_text())}
+
+
+def _nccl_version() -> tuple[int, ...]:
+    import torch
+
+    version = torch.cuda.nccl.version()
+    return tuple(version) if isinstance(version, tuple) else (version // 1000, version // 100 % 10)
 
 
 def _gpu_count() -> int:

@@ -52,6 +52,7 @@ class CompiledModel(fx.GraphModule):
     output_names: dict[str, list[str]]
     input_size: tuple[int, int]
     fusion: FusionPlan  # what runs batched when fusion is on
+    full_fusion: FusionPlan  # every group the pass found (``fusion`` may keep fewer: tuning)
     fused: bool  # whether it is on
     _graphs: dict[bool, fx.Graph]
 
@@ -67,6 +68,17 @@ class CompiledModel(fx.GraphModule):
         for name in self.fusion.within:
             self.get_submodule(name).batched = enabled
         self.fused = enabled
+
+    def keep_fusion_groups(self, keep: set[int], why: str) -> None:
+        """Batch only the groups of the full fusion plan (``full_fusion``) at the indices
+        ``keep``; the others' calls run one by one, noted with ``why``. Exact either way: this
+        only chooses what is faster (``mtl_dsl.fusion_tuning``)."""
+        from .passes.fuse import keep_groups
+
+        plan = keep_groups(self.full_fusion, self.checked, keep, why)
+        self._graphs[True] = _build_graph(self.checked, plan) if plan.groups else self._graphs[False]
+        self.fusion = plan
+        self.set_fusion(self.fused)  # a new graph object: forward is regenerated
 
     @contextmanager
     def fusion_off(self) -> Iterator["CompiledModel"]:
@@ -89,7 +101,7 @@ def compile_graph(checked: CheckedGraph, fuse: bool = True) -> CompiledModel:
     # Built from the unfused graph, so modules are registered (and state_dict ordered) as always.
     model = CompiledModel(root, unfused, class_name=f"Compiled_{ir.name}")
     model._graphs = {False: unfused, True: _build_graph(checked, plan) if plan.groups else unfused}
-    model.fusion = plan
+    model.fusion = model.full_fusion = plan
     model.fused = False
     model.ir = ir
     model.checked = checked

@@ -71,6 +71,10 @@ def test_set_overrides_dotted_keys_and_report_bad_ones():
     assert load_config(overrides=parse_set(["run.threads_per_worker=3"])).run.threads_per_worker == 3
     with pytest.raises(SpecError, match="run.threads_per_worker"):
         load_config(overrides=parse_set(["run.threads_per_worker=0"]))
+    assert load_config(overrides=parse_set(["run.backend=gloo"])).run.backend == "gloo"
+    assert load_config().run.backend is None  # nccl with GPUs, gloo without
+    with pytest.raises(SpecError, match="run.backend"):
+        load_config(overrides=parse_set(["run.backend=mpi"]))
 
 
 def test_default_config_is_a_quick_synthetic_run():

@@ -159,11 +159,17 @@ def test_ray_two_workers_recover_from_a_worker_crash_and_eval_loads_the_checkpoi
                               callbacks=[CrashAfterStep(5, tmp_path / "crash.marker", rank=1, hard=True)])
         # A NaN seen by rank 0 only reaches rank 1 through the all-reduced losses: both stop at
         # the same step, and Ray's failure handling does not retry the run.
-        nan_cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"name": "nan", "max_failures": 2})})
+        nan_cfg = cfg.model_copy(update={"run": cfg.run.model_copy(
+            update={"name": "nan", "max_failures": 2, "backend": "gloo"})})  # gloo, as chosen
         with pytest.raises(TrainingError, match=r"^loss of task 'depth' is nan at step 3; training stopped"):
             run_training("baseline_mt", nan_cfg, progress=_quiet,
                          callbacks=[PoisonLoss("depth", step=3, rank=0)])
         assert read_meta(tmp_path / "nan" / "step_00000002")["step"] == 2  # the last good one
+        # NCCL needs GPUs: refused, naming the key, before any worker starts
+        nccl = cfg.model_copy(update={"run": cfg.run.model_copy(update={"name": "nccl", "backend": "nccl"})})
+        with pytest.raises(UsageError, match=r"run.backend is nccl, but the workers get no GPU"):
+            run_training("baseline_mt", nccl, progress=_quiet)
+        assert not (tmp_path / "nccl").exists() or not any((tmp_path / "nccl").glob("step_*"))
     finally:
         ray.shutdown()
     assert (tmp_path / "crash.marker").exists()

@@ -151,6 +151,27 @@ def plan_fusion(graph: CheckedGraph) -> FusionPlan:
                       schedule=tuple(_schedule(ir, groups)))
 
 
+def keep_groups(plan: FusionPlan, graph: CheckedGraph, keep: set[int], why: str) -> FusionPlan:
+    """``plan`` with only the groups at the indices ``keep``; the calls of the others run alone
+    because of ``why`` (e.g. measured slower batched). If running only those groups would change
+    the order in which the model draws random numbers, none is kept."""
+    ir = graph.ir
+    groups = [g for i, g in enumerate(plan.groups) if i in keep]
+    random = [n.name for n in ir.nodes if REGISTRY[n.block].draws_random(graph.calls[n.name])]
+    if random and _random_order(ir, groups, random) != random:
+        groups = []
+    kept = {n for g in groups for n in g.nodes}
+    alone = dict(plan.alone)
+    for g in plan.groups:
+        for n in g.nodes:
+            if n not in kept:
+                alone[n] = why
+    ordered = {n.name: i for i, n in enumerate(ir.nodes)}
+    alone = dict(sorted(alone.items(), key=lambda kv: ordered[kv[0]]))
+    return FusionPlan(groups=tuple(groups), within=dict(plan.within), alone=alone,
+                      schedule=tuple(_schedule(ir, groups)))
+
+
 def _depths(ir: ModelIR) -> dict[str, int]:
     """Longest path from the images to each node (the IR is in topological order)."""
     depth = {IMAGES: 0}

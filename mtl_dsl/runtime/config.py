@@ -129,6 +129,9 @@ class RunSection(_Section):
     keep_checkpoints: Int = Field(2, ge=1)
     max_failures: Int = Field(2, ge=0)  # worker-group restarts Ray Train attempts
     timeout_s: Int = Field(300, ge=10)  # process-group timeout (a dead rank stops the others)
+    # torch.distributed's backend; None = nccl with GPUs, else gloo (gloo on GPUs: e.g. two ranks
+    # sharing one GPU, which NCCL before 2.30 refuses)
+    backend: Optional[Literal["nccl", "gloo"]] = None
 
 
 class RunConfig(_Section):

@@ -382,6 +382,10 @@ def _trainer(job: dict, cfg: RunConfig, run_name: str, run_dir: Location, ray_ca
     else:
         gpus = cfg.run.gpus_per_worker
     use_gpu = gpus > 0
+    if cfg.run.backend == "nccl" and not use_gpu:
+        raise usage_error("run.backend", "run.backend is nccl, but the workers get no GPU "
+                                         "(run.gpus_per_worker, or none in the cluster)",
+                          hint="use gloo on CPUs, or leave run.backend out")
     cpus_available = int(ray.cluster_resources().get("CPU", 1))
     cpus_per_worker = cfg.run.cpus_per_worker or (
         max(1, cpus_available // cfg.run.workers) if not cluster_address(cfg) else 1)
@@ -401,7 +405,7 @@ def _trainer(job: dict, cfg: RunConfig, run_name: str, run_dir: Location, ray_ca
     trainer = TorchTrainer(
         ray_worker_entry,
         train_loop_config=job,
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo", timeout_s=cfg.run.timeout_s),
+        torch_config=TorchConfig(backend=cfg.run.backend or ("nccl" if use_gpu else "gloo"), timeout_s=cfg.run.timeout_s),
         scaling_config=ScalingConfig(num_workers=cfg.run.workers, use_gpu=use_gpu,
                                      resources_per_worker=resources),
         run_config=RayRunConfig(

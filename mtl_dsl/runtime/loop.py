@@ -110,6 +110,7 @@ class Run:
     meter: Optional[Meter] = None
     skipped: int = 0  # unreadable samples replaced (dataset.skip_bad_samples)
     nodes: list = field(default_factory=list)  # the machines the workers run on
+    fusion_tuned: bool = False  # whether the fusion groups were timed on this device
 
     @property
     def tasks(self) -> list[str]:
@@ -322,6 +323,8 @@ def train_step(run: Run, batch: dict) -> None:
     count_skipped(run, batch)
     images = batch["image"].to(run.device, non_blocking=True)
     targets = {t: batch[t].to(run.device, non_blocking=True) for t in tasks}
+    if not run.fusion_tuned:
+        tune_fusion_once(run, images)
     with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
         total, losses = run.train_module(images, targets)
     values = torch.stack([losses[t].detach().float() for t in tasks] + [total.detach().float()])
@@ -340,6 +343,35 @@ def train_step(run: Run, batch: dict) -> None:
     run.meter.add(values, images.shape[0] * session.world)
     for callback in run.callbacks:
         callback.on_step_end(run)
+
+
+def fusion_is_tuned_on(device: torch.device) -> bool:
+    """Where the loop times the fusion groups (``mtl_dsl.fusion_tuning``): on GPUs, where the
+    answer depends on kernels and settings; a CPU keeps the fixed policy of ``grouping_pays``."""
+    return device.type == "cuda"
+
+
+def tune_fusion_once(run: Run, images: torch.Tensor) -> None:
+    """Before the first step: keep batched the fusion groups that are faster so on this device,
+    under the run's autocast. Every rank runs rank 0's choice. Exact either way (speed only)."""
+    from ..fusion_tuning import describe, tune_fusion
+
+    run.fusion_tuned = True
+    model = run.model
+    if not (fusion_is_tuned_on(run.device) and getattr(model, "fused", False)
+            and model.full_fusion.groups):
+        return
+
+    def rank0_choice(timings) -> set[int]:
+        keep = [sorted(i for i, t in enumerate(timings) if t.pays)]
+        if run.session.world > 1:
+            dist.broadcast_object_list(keep, src=0)
+        return set(keep[0])
+
+    with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
+        timings = tune_fusion(model, images, decide=rank0_choice)
+    if run.session.rank == 0:
+        run.session.emit({"kind": "note", "text": describe(timings, len(model.fusion.groups))})
 
 
 def backward_and_update(run: Run, total: torch.Tensor) -> None:
