@@ -1,5 +1,4 @@
-"""GPU check: the figures a GPU machine should confirm, in one prepared run (under 8 minutes on one
-H100/H200).
+"""GPU check: the figures a GPU machine should confirm, in one prepared run (223 s on one H200).
 
     python benchmarks/gpu_check.py                    # on a GPU: every check at the official sizes
     python benchmarks/gpu_check.py --dry-run          # tiny sizes on the CPU (the default without a GPU)
@@ -17,8 +16,8 @@ Sections (``--only`` selects some):
 * ``demt_paper``: DeMT's global-attention variant (``variant = "paper"``) at NYUD size
   (``benchmarks/demt_paper_nyud.py``): time of one forward+backward and peak memory;
 * ``fusion``: cross-task fusion's train-step speed-up per reference spec at its official size,
-  batch 2 (``benchmarks/fusion.py --device cuda``: fused vs unfused on one model, alternated,
-  median of 5), where kernel launches are what fusion saves;
+  batch 2 (``benchmarks/fusion.py --device cuda``: fused, tuned as training tunes it, vs unfused
+  on one model, alternated, median of 5), where kernel launches are what fusion saves;
 * ``fusion_exact``: fused against unfused per reference spec at its official size, float32 with
   TF32 off (outputs, gradients, BatchNorm statistics after a step): the grouped forms a GPU runs;
 * ``ray``: Ray Train (one worker) against the plain loop on the same device

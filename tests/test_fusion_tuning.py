@@ -80,33 +80,41 @@ def test_a_model_without_groups_is_left_alone():
 
 @pytest.mark.parametrize("keep", [set(), None], ids=["none-kept", "measured"])
 def test_training_that_tunes_first_ends_with_the_weights_of_training_that_does_not(tmp_path, monkeypatch, keep):
-    """The loop tunes on GPUs only; forced here on the CPU, with every group dropped (or what the
-    clock says), the run's weights are those of an untuned run, and its log says what was kept."""
-    cfg = load_config(overrides={
-        "tasks": "semseg,depth,normals,edge", "model": {"overrides": TINY_BASELINE},
-        "dataset": {"length": 8, "val_length": 2, "cache": True},
-        "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9}, "schedule": {"warmup_iters": 0},
-        "training": {"iterations": 3, "batch_size": 2, "input_size": [32, 32], "augment": False,
-                     "log_interval": 1, "eval_interval": 0, "checkpoint_interval": 0, "eval_batches": 1}})
-
-    def trained(name: str, tuned: bool):
-        monkeypatch.setattr(loop, "fusion_is_tuned_on", lambda device: tuned)
-        if keep is not None:
-            import mtl_dsl.fusion_tuning as tuning
-            real = tuning.tune_fusion
-            monkeypatch.setattr(tuning, "tune_fusion",
-                                lambda m, x, reps=3, decide=None: real(m, x, 1, lambda t: keep))
+    """``training.fusion_tuning = always`` tunes on the CPU too: with every group dropped (or what
+    the clock says), the run's weights are those of an untuned run, and its log says what was
+    kept; ``auto`` does not tune on a CPU."""
+    def trained(name: str, mode: str):
+        cfg = load_config(overrides={
+            "tasks": "semseg,depth,normals,edge", "model": {"overrides": TINY_BASELINE},
+            "dataset": {"length": 8, "val_length": 2, "cache": True},
+            "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9}, "schedule": {"warmup_iters": 0},
+            "training": {"iterations": 3, "batch_size": 2, "input_size": [32, 32], "augment": False,
+                         "log_interval": 1, "eval_interval": 0, "checkpoint_interval": 0,
+                         "eval_batches": 1, "fusion_tuning": mode},
+            "run": {"storage": str(tmp_path), "name": name}})
         records = []
-        run = cfg.model_copy(update={"run": cfg.run.model_copy(update={"storage": str(tmp_path), "name": name})})
-        result = run_training("baseline_mt", run, plain=True, progress=records.append)
+        result = run_training("baseline_mt", cfg, plain=True, progress=records.append)
         state = load_checkpoint(result.checkpoint).model_state
         return state, [r["text"] for r in records if r.get("kind") == "note"]
 
-    plain, notes = trained("plain", False)
-    tuned, tuned_notes = trained("tuned", True)
+    if keep is not None:
+        import mtl_dsl.fusion_tuning as tuning
+        real = tuning.tune_fusion
+        monkeypatch.setattr(tuning, "tune_fusion",
+                            lambda m, x, reps=3, decide=None: real(m, x, 1, lambda t: keep))
+    plain, notes = trained("plain", "auto")
+    tuned, tuned_notes = trained("tuned", "always")
     assert not any("fusion tuned" in n for n in notes)
     assert [n for n in tuned_notes if n.startswith("fusion tuned on this device: ")], tuned_notes
     if keep == set():
-        assert any(" 0 of " in n for n in tuned_notes if n.startswith("fusion tuned")), tuned_notes
+        assert any(" 0 of 1 " in n for n in tuned_notes if n.startswith("fusion tuned")), tuned_notes
     for k, v in plain.items():
         torch.testing.assert_close(tuned[k], v, rtol=1e-4, atol=1e-6, msg=k)
+
+
+def test_the_loop_tunes_on_gpus_by_default_and_as_the_config_says():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert loop.fusion_is_tuned("auto", cuda) and not loop.fusion_is_tuned("auto", cpu)
+    assert loop.fusion_is_tuned("always", cpu) and not loop.fusion_is_tuned("never", cuda)
+    with pytest.raises(Exception, match="training.fusion_tuning"):
+        load_config(overrides={"training": {"fusion_tuning": "sometimes"}})

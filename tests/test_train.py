@@ -146,7 +146,8 @@ def test_ray_two_workers_recover_from_a_worker_crash_and_eval_loads_the_checkpoi
         "model": {"overrides": TINY_BASELINE},
         "dataset": {"length": 16, "val_length": 4},
         "training": {"iterations": 8, "batch_size": 2, "input_size": [32, 32], "augment": False,
-                     "log_interval": 2, "eval_interval": 4, "checkpoint_interval": 2, "eval_batches": 1},
+                     "log_interval": 2, "eval_interval": 4, "checkpoint_interval": 2, "eval_batches": 1,
+                     "fusion_tuning": "always"},  # tuned on the CPU too: rank 0's choice for both
         "run": {"storage": str(tmp_path), "name": "ray", "workers": 2, "max_failures": 1}})
     import ray
 
@@ -176,6 +177,9 @@ def test_ray_two_workers_recover_from_a_worker_crash_and_eval_loads_the_checkpoi
     # Ray Train registers a checkpoint when its controller has processed the report, which may lag
     # the crash by a poll interval: the restart continues from step 4 or from step 2.
     notes = [r["text"] for r in records if r.get("kind") == "note"]
+    tuned = [n for n in notes if n.startswith("fusion tuned on this device: ")]
+    assert len(tuned) == 2, notes  # before the first step, and again after the restart
+    notes = [n for n in notes if n not in tuned]
     assert notes in (["resumed from step 4"], ["resumed from step 2"]), notes
     cores = os.cpu_count() or 1
     assert {r["threads"] for r in records if r.get("kind") == "start"} == {max(1, cores // 2)}

@@ -345,10 +345,11 @@ def train_step(run: Run, batch: dict) -> None:
         callback.on_step_end(run)
 
 
-def fusion_is_tuned_on(device: torch.device) -> bool:
-    """Where the loop times the fusion groups (``mtl_dsl.fusion_tuning``): on GPUs, where the
-    answer depends on kernels and settings; a CPU keeps the fixed policy of ``grouping_pays``."""
-    return device.type == "cuda"
+def fusion_is_tuned(mode: str, device: torch.device) -> bool:
+    """Whether the loop times the fusion groups (``training.fusion_tuning``; ``auto``: on GPUs,
+    where the answer depends on kernels and settings; a CPU keeps the fixed policy of
+    ``mtl_dsl.modules.batched.layers.grouping_pays``)."""
+    return mode == "always" or (mode == "auto" and device.type == "cuda")
 
 
 def tune_fusion_once(run: Run, images: torch.Tensor) -> None:
@@ -358,8 +359,8 @@ def tune_fusion_once(run: Run, images: torch.Tensor) -> None:
 
     run.fusion_tuned = True
     model = run.model
-    if not (fusion_is_tuned_on(run.device) and getattr(model, "fused", False)
-            and model.full_fusion.groups):
+    wanted = fusion_is_tuned(run.cfg.training.fusion_tuning, run.device)
+    if not (wanted and getattr(model, "fused", False) and model.full_fusion.groups):
         return
 
     def rank0_choice(timings) -> set[int]:
