@@ -96,6 +96,10 @@ class RaySession:
         self.world = context.get_world_size()
         self.local_rank = context.get_local_rank()
         self.device = ray.train.torch.get_device()
+        if self.device.type == "cuda":  # NCCL collectives (SyncBatchNorm, object broadcasts)
+            import torch  # run on the current device: make it this worker's
+
+            torch.cuda.set_device(self.device)
         self.run_dir = str(run_dir).rstrip("/")  # a local path or a storage URI
         self._queue = queue
         self._tmp = Path(tempfile.mkdtemp(prefix="mtl-dsl-ckpt-"))
