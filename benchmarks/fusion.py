@@ -92,7 +92,8 @@ def measure(row: Row, reps: int, batch: int, device: str, clock: str = "wall",
     off, on = statistics.median(times[False]), statistics.median(times[True])
     plan = model.fusion
     return dict(row=row, off=off, on=on, fastest=min(times[False]) / min(times[True]),
-                groups=len(plan.groups), found=len(model.full_fusion.groups), calls=plan.fused_nodes,
+                groups=len(plan.groups), found=len(model.full_fusion.groups),
+                calls=plan.fused_nodes,
                 within=len(plan.within), spread=(min(times[False]), max(times[False]),
                                                  min(times[True]), max(times[True])))
 
@@ -101,8 +102,9 @@ def agreement(row: Row, batch: int, device: str, size: tuple[int, int] | None = 
     """Fused against unfused on one model, float32 (TF32 off): the largest output difference
     relative to the output's scale (at least 1), the largest gradient difference relative to that
     gradient's scale (floored at 1 % of the largest gradient: biases that a BatchNorm follows have
-    gradients of rounding noise), and the largest BatchNorm running-statistics difference after one training step each
-    way from the same state (the issue's bounds: 1e-5 on outputs, 1e-4 relative on gradients)."""
+    gradients of rounding noise), and the largest BatchNorm running-statistics difference after
+    one training step each way from the same state (the issue's bounds: 1e-5 on outputs, 1e-4
+    relative on gradients)."""
     import torch
 
     from mtl_dsl.api import compile_model
@@ -120,8 +122,9 @@ def agreement(row: Row, batch: int, device: str, size: tuple[int, int] | None = 
         model.set_fusion(fused)
         torch.manual_seed(1)  # the same dropout draws both ways
         out = model(images)
-        flat = {f"{t}.{k}": v.detach().float() for t, d in out.items() for k, v in d.items()}
-        sum(v.float().square().mean() for v in flat_values(out)).backward()
+        flat = {f"{t}.{k}": v for t, d in out.items() for k, v in d.items()}
+        sum(v.float().square().mean() for v in flat.values()).backward()
+        flat = {k: v.detach().float() for k, v in flat.items()}
         grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
         buffers = {n: b.detach().clone() for n, b in model.named_buffers() if b.is_floating_point()}
         runs[fused] = (flat, grads, buffers)
@@ -144,8 +147,32 @@ def agreement(row: Row, batch: int, device: str, size: tuple[int, int] | None = 
             "input": list(size), "batch": batch}
 
 
-def flat_values(out: dict):
-    return [v for task in out.values() for v in task.values()]
+def by_row(section: str, device: str, dry: bool) -> dict:
+    """``benchmarks/gpu_check.py``'s sections ``fusion`` (``measure``, median of 5) and
+    ``fusion_exact`` (``agreement``), row by row; a dry run takes two rows with their default
+    (small) backbones at 32x32. A row that fails is reported and the others go on."""
+    import gc
+
+    import torch
+
+    rows = ROWS if not dry else [Row(r.name, r.spec, None, (32, 32)) for r in ROWS
+                                 if r.name in ("baseline_mt", "tpanet")]
+    figures = {}
+    for row in rows:
+        try:
+            if section == "fusion_exact":
+                figures[row.name] = agreement(row, 2, device)
+            else:
+                r = measure(row, 1 if dry else 5, 2, device)
+                figures[row.name] = {"unfused_s": r["off"], "fused_s": r["on"],
+                                     "speedup": r["off"] / r["on"], "groups": r["groups"],
+                                     "groups_found": r["found"]}
+        except Exception as exc:  # noqa: BLE001 - one row's failure must not stop the others
+            figures[row.name] = {"error": f"{type(exc).__name__}: {str(exc).strip()[:300]}"}
+        gc.collect()
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    return figures
 
 
 def main(argv=None) -> int:
@@ -190,7 +217,8 @@ def main(argv=None) -> int:
         r = measure(row, args.reps, args.batch, args.device, args.clock,
                     tune=False if args.no_tune else None)
         size = f"{row.input[0]}x{row.input[1]}"
-        kept = f" (tuned: {r['found'] - r['groups']} of {r['found']} slower)" if r["found"] != r["groups"] else ""
+        slower = r["found"] - r["groups"]
+        kept = f" (tuned: {slower} of {r['found']} slower)" if slower else ""
         plan = f"{r['calls']} calls in {r['groups']} groups{kept}, {r['within']} modules batched inside"
         print(f"{row.name:20s} {size:>8s} {r['off']:10.3f} {r['on']:9.3f} "
               f"{r['off'] / r['on']:8.2f}x {r['fastest']:7.2f}x  {plan}", flush=True)

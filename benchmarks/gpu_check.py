@@ -142,12 +142,11 @@ def training_batch(tasks: str, size: tuple[int, int], batch: int, device) -> dic
 
 
 def _train_step_module(spec: str, tasks: str, size, preset, overrides):
-    from mtl_dsl.api import build_model
+    from mtl_dsl.api import build_model, resolve_profile
+    from mtl_dsl.runtime.config import OFFICIAL_LOSS_WEIGHTS
     from mtl_dsl.runtime.loop import TrainStep
     from mtl_dsl.runtime.losses import MultiTaskCriterion
     from mtl_dsl.runtime.weighting import build_weighting
-    from mtl_dsl.runtime.config import OFFICIAL_LOSS_WEIGHTS
-    from mtl_dsl.api import resolve_profile
 
     profile = resolve_profile(tasks)
     model = build_model(spec, tasks=profile, overrides=overrides or None, preset=preset, input_size=size)
@@ -162,6 +161,7 @@ def measure_row(row: Row, plan: Plan) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from mtl_dsl.flops import extra_formulas
+    from mtl_dsl.fusion_tuning import tune_fusion
 
     size, batch, preset, overrides = plan.row(row)
     step_module, names = _train_step_module(row.spec, row.tasks, size, preset, overrides)
@@ -170,6 +170,9 @@ def measure_row(row: Row, plan: Plan) -> dict:
                                 momentum=0.9)
     data = training_batch(row.tasks, size, batch, plan.device)
     targets = {t: data[t] for t in names}
+    # as the training loop tunes on a GPU (a dry run tunes too, so that the path runs)
+    with torch.autocast(plan.device.type, dtype=plan.amp, enabled=plan.amp is not None):
+        tune_fusion(step_module.model, data["image"])
 
     def forward_backward():
         with torch.autocast(plan.device.type, dtype=plan.amp, enabled=plan.amp is not None):
@@ -249,41 +252,6 @@ def demt_paper(plan: Plan) -> dict:
         return measure("hrnet18", (64, 64), 1, 1, "off", "cpu", report=lambda line: None,
                        overrides={"backbone": "resnet18"})
     return measure("hrnet18", NYUD_SIZE, 1, 2, "bf16", "cuda", report=lambda line: None)
-
-
-def fusion_speedups(plan: Plan) -> dict:
-    import fusion
-
-    rows = fusion.ROWS if not plan.dry else [
-        fusion.Row(r.name, r.spec, None, (32, 32)) for r in fusion.ROWS if r.name in
-        ("baseline_mt", "tpanet")]  # the default (small) backbones at a tiny size
-    reps = 1 if plan.dry else 5
-    figures = {}
-    for row in rows:
-        try:
-            r = fusion.measure(row, reps, 2, str(plan.device))
-            figures[row.name] = {"unfused_s": r["off"], "fused_s": r["on"],
-                                 "speedup": r["off"] / r["on"], "groups": r["groups"],
-                                 "groups_found": r["found"]}
-        except Exception as exc:  # noqa: BLE001 - one row's failure must not stop the others
-            figures[row.name] = {"error": _error_text(exc)}
-        _free(plan)
-    return figures
-
-
-def fusion_agreement(plan: Plan) -> dict:
-    """Fused against unfused in float32 for every reference spec: on a GPU the grouped forms are
-    what runs (a CPU runs calls on their own maps one by one), so this is where they are checked
-    at the official sizes."""
-    import fusion
-
-    figures = {}
-    for row in fusion.ROWS if not plan.dry else fusion.ROWS[:2]:
-        size = (32, 32) if plan.dry else None
-        bare = fusion.Row(row.name, row.spec, None, row.input) if plan.dry else row
-        figures[row.name] = _guarded(fusion.agreement, bare, 2, str(plan.device), size)
-        _free(plan)
-    return figures
 
 
 def _run_config(plan: Plan, storage: str, name: str, **run):
@@ -380,7 +348,7 @@ def run(plan: Plan, sections: list[str], report=print) -> dict:
     started = time.perf_counter()
     ray_started = False
     if "ray" in sections or "ddp" in sections:  # one Ray for both sections
-        from mtl_dsl.runtime.launch import start_ray
+        from mtl_dsl.runtime.ray_start import start_ray
 
         ray_started = start_ray(_run_config(plan, storage, "ray"), verbose=False, workers=2)
     for section in sections:
@@ -396,10 +364,10 @@ def run(plan: Plan, sections: list[str], report=print) -> dict:
                 figures["ratio"] = compiled_vs_hand_written(plan)
             elif section == "demt_paper":
                 figures["demt_paper"] = demt_paper(plan)
-            elif section == "fusion":
-                figures["fusion"] = fusion_speedups(plan)
-            elif section == "fusion_exact":
-                figures["fusion_exact"] = fusion_agreement(plan)
+            elif section in ("fusion", "fusion_exact"):
+                import fusion
+
+                figures[section] = fusion.by_row(section, str(plan.device), plan.dry)
             elif section == "ray":
                 figures["ray"] = ray_vs_plain(plan, storage)
             elif section == "ddp":

@@ -115,7 +115,7 @@ def _free_port(host: str) -> int:
 def cluster(s3_endpoint):
     import ray
 
-    from mtl_dsl.runtime.launch import start_ray
+    from mtl_dsl.runtime.ray_start import start_ray
 
     nodes = TwoNodes()
     try:

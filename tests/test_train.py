@@ -151,7 +151,7 @@ def test_ray_two_workers_recover_from_a_worker_crash_and_eval_loads_the_checkpoi
         "run": {"storage": str(tmp_path), "name": "ray", "workers": 2, "max_failures": 1}})
     import ray
 
-    from mtl_dsl.runtime.launch import start_ray
+    from mtl_dsl.runtime.ray_start import start_ray
 
     start_ray(cfg, verbose=False, workers=2)  # one Ray instance for both runs below
     try:

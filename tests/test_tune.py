@@ -35,7 +35,7 @@ def local_ray():
     """One local Ray for every sweep of this file (each sweep would otherwise start its own)."""
     import ray
 
-    from mtl_dsl.runtime.launch import start_ray
+    from mtl_dsl.runtime.ray_start import start_ray
 
     start_ray(load_config(), verbose=False, workers=1)
     yield

@@ -114,8 +114,7 @@ def plan_fusion(graph: CheckedGraph) -> FusionPlan:
         keys[node.name] = key
         candidates.setdefault(key, []).append(node.name)
 
-    random = [n.name for n in ir.nodes
-              if REGISTRY[n.block].draws_random(graph.calls[n.name])]
+    random = _random_calls(graph)
     groups: list[Group] = []
     for members in candidates.values():
         if len(members) < 2:
@@ -145,9 +144,7 @@ def plan_fusion(graph: CheckedGraph) -> FusionPlan:
                 alone[name] = f"'{nodes[name].block}' has no batched implementation"
     within = {n.name: REGISTRY[n.block].fusion.within for n in ir.nodes  # type: ignore[union-attr]
               if REGISTRY[n.block].fusion is not None and REGISTRY[n.block].fusion.within}
-    ordered = {n.name: i for i, n in enumerate(ir.nodes)}
-    alone = dict(sorted(alone.items(), key=lambda kv: ordered[kv[0]]))
-    return FusionPlan(groups=tuple(groups), within=within, alone=alone,
+    return FusionPlan(groups=tuple(groups), within=within, alone=_in_graph_order(alone, ir),
                       schedule=tuple(_schedule(ir, groups)))
 
 
@@ -157,7 +154,7 @@ def keep_groups(plan: FusionPlan, graph: CheckedGraph, keep: set[int], why: str)
     the order in which the model draws random numbers, none is kept."""
     ir = graph.ir
     groups = [g for i, g in enumerate(plan.groups) if i in keep]
-    random = [n.name for n in ir.nodes if REGISTRY[n.block].draws_random(graph.calls[n.name])]
+    random = _random_calls(graph)
     if random and _random_order(ir, groups, random) != random:
         groups = []
     kept = {n for g in groups for n in g.nodes}
@@ -166,10 +163,18 @@ def keep_groups(plan: FusionPlan, graph: CheckedGraph, keep: set[int], why: str)
         for n in g.nodes:
             if n not in kept:
                 alone[n] = why
+    return FusionPlan(groups=tuple(groups), within=dict(plan.within),
+                      alone=_in_graph_order(alone, ir), schedule=tuple(_schedule(ir, groups)))
+
+
+def _random_calls(graph: CheckedGraph) -> list[str]:
+    """The calls that draw random numbers (dropout), in graph order."""
+    return [n.name for n in graph.ir.nodes if REGISTRY[n.block].draws_random(graph.calls[n.name])]
+
+
+def _in_graph_order(alone: dict[str, str], ir: ModelIR) -> dict[str, str]:
     ordered = {n.name: i for i, n in enumerate(ir.nodes)}
-    alone = dict(sorted(alone.items(), key=lambda kv: ordered[kv[0]]))
-    return FusionPlan(groups=tuple(groups), within=dict(plan.within), alone=alone,
-                      schedule=tuple(_schedule(ir, groups)))
+    return dict(sorted(alone.items(), key=lambda kv: ordered[kv[0]]))
 
 
 def _depths(ir: ModelIR) -> dict[str, int]:

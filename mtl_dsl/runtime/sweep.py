@@ -305,7 +305,7 @@ def run_sweep(spec: str, cfg: RunConfig, *, resume: bool = False, plain: bool = 
     ``listeners`` get the trial events (``on_trial_start(trial)``, ``on_trial_result(trial,
     result)``, ``on_trial_complete(trial)``, ``on_trial_error(trial)``) next to the console.
     """
-    from .launch import start_ray
+    from .ray_start import start_ray
     from .sweep_results import collect_rows, write_results
 
     cfg = cfg.for_spec(spec)  # no tasks given: the profile the spec's model states
