@@ -33,6 +33,19 @@ def layered_svg(graph: CheckedGraph) -> str:
     for o in ir.outputs:
         labels[output_id(o.task, o.name)] = [f"{o.task}.{o.name}", "output"]
     links = edges(ir)
+
+    def task_rank(key: str) -> int:
+        t = key.split(":")[1] if key.startswith("out:") else task_of(key, tasks)
+        return tasks.index(t) + 1 if t in tasks else 0
+
+    pos, width, height = _place(labels, links, task_rank)
+    return _draw(labels, links, pos, width, height, task_rank)
+
+
+def _place(labels: dict[str, list[str]], links: list[tuple[str, str]],
+           task_rank) -> tuple[dict[str, tuple[float, float, float, float]], float, float]:
+    """Boxes in layers by depth from the input (wrapped into rows), each layer ordered by task:
+    each key's x, y, width and height, and the drawing's width and height."""
     depth: dict[str, int] = {IMAGES: 0}
     inputs: dict[str, list[str]] = {}
     for src, dst in links:
@@ -40,11 +53,6 @@ def layered_svg(graph: CheckedGraph) -> str:
     for key in labels:  # nodes are in topological order, outputs last
         if key != IMAGES:
             depth[key] = 1 + max((depth[s] for s in inputs.get(key, [])), default=0)
-
-    def task_rank(key: str) -> int:
-        t = key.split(":")[1] if key.startswith("out:") else task_of(key, tasks)
-        return tasks.index(t) + 1 if t in tasks else 0
-
     layers: dict[int, list[str]] = {}
     for key in labels:
         layers.setdefault(depth[key], []).append(key)
@@ -63,7 +71,12 @@ def layered_svg(graph: CheckedGraph) -> str:
                 row_h = max(row_h, h)
             width = max(width, x)
             y += row_h + GAP_Y
-    height = y
+    return pos, width, y
+
+
+def _draw(labels: dict[str, list[str]], links: list[tuple[str, str]],
+          pos: dict[str, tuple[float, float, float, float]], width: float, height: float,
+          task_rank) -> str:
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
              f'viewBox="0 0 {width:.0f} {height:.0f}" font-family="Helvetica, Arial, sans-serif" '
              f'font-size="11">',

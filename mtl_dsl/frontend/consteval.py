@@ -364,24 +364,8 @@ class Evaluator:
             raise self.error(expr.loc, f"'{name}': {e}") from None
 
     def _apply_builtin(self, name: str, args: list[Any], loc: ast.Loc) -> Any:
-        def seq(v: Any) -> list:
-            if isinstance(v, TableRow):
-                return list(v.to_json().values())
-            if isinstance(v, dict):
-                return list(v.values())
-            if isinstance(v, (list, str)):
-                return list(v)
-            raise TypeError(f"needs a list, got {type_name(v)}")
-
-        if name == "len":
-            v = args[0]
-            if isinstance(v, Family):
-                return len(v.items)
-            if isinstance(v, (TableRow, TableValue)):
-                return len(self.tasks)
-            if not isinstance(v, (list, str, dict)):
-                raise TypeError(f"needs a list, string or dict, got {type_name(v)}")
-            return len(v)
+        if name in ("len", "keys", "values", "column"):
+            return self._collection_builtin(name, args)
         if name == "range":
             if not all(isinstance(a, int) and not isinstance(a, bool) for a in args):
                 raise TypeError("needs integers")
@@ -390,7 +374,7 @@ class Evaluator:
                 raise ValueError(f"more than {MAX_LIST:,} values")
             return list(r)
         if name in ("min", "max"):
-            values = seq(args[0]) if len(args) == 1 else args
+            values = _as_list(args[0]) if len(args) == 1 else args
             if not values or not all(is_number(v) for v in values):
                 raise TypeError("needs numbers")
             return min(values) if name == "min" else max(values)
@@ -402,20 +386,6 @@ class Evaluator:
             if isinstance(args[0], (list, dict)):
                 raise TypeError("needs a number, string or bool")
             return str(args[0]).lower() if isinstance(args[0], bool) else str(args[0])
-        if name == "keys":
-            v = args[0]
-            if isinstance(v, (TableRow, TableValue)):
-                return list(self.tasks)
-            if isinstance(v, dict):
-                return list(v)
-            raise TypeError(f"needs a dict or table, got {type_name(v)}")
-        if name == "values":
-            return seq(args[0])
-        if name == "column":
-            table, key = args
-            if not isinstance(table, TableValue) or not isinstance(key, str):
-                raise TypeError("column(table, source) needs a table and a task name")
-            return [table.lookup(t, key) for t in self.tasks]
         if name in ("channels", "aux_channels"):
             t = args[0]
             if t not in self.tasks:
@@ -424,3 +394,39 @@ class Evaluator:
             spec = self.profile.task(t)
             return spec.channels if name == "channels" else spec.aux_channels
         raise TypeError("unknown function")
+
+    def _collection_builtin(self, name: str, args: list[Any]) -> Any:
+        """``len``, ``keys``, ``values`` and ``column``: a table (or a row of one) holds one
+        value per task."""
+        v = args[0]
+        if name == "len":
+            if isinstance(v, Family):
+                return len(v.items)
+            if isinstance(v, (TableRow, TableValue)):
+                return len(self.tasks)
+            if not isinstance(v, (list, str, dict)):
+                raise TypeError(f"needs a list, string or dict, got {type_name(v)}")
+            return len(v)
+        if name == "keys":
+            if isinstance(v, (TableRow, TableValue)):
+                return list(self.tasks)
+            if isinstance(v, dict):
+                return list(v)
+            raise TypeError(f"needs a dict or table, got {type_name(v)}")
+        if name == "values":
+            return _as_list(v)
+        table, key = args
+        if not isinstance(table, TableValue) or not isinstance(key, str):
+            raise TypeError("column(table, source) needs a table and a task name")
+        return [table.lookup(t, key) for t in self.tasks]
+
+
+def _as_list(v: Any) -> list:
+    """The values of a list, string, dict or table row, as a list."""
+    if isinstance(v, TableRow):
+        return list(v.to_json().values())
+    if isinstance(v, dict):
+        return list(v.values())
+    if isinstance(v, (list, str)):
+        return list(v)
+    raise TypeError(f"needs a list, got {type_name(v)}")

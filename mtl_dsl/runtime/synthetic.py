@@ -221,8 +221,32 @@ class Scene:
         parts = np.where(normals_world[:, 1] > 0.7, 1, 2 + band)
         parts = np.where(on_object, parts, 0)
 
-        # Appearance: albedo x texture x (ambient + direct light unless shadowed) + sensor noise.
-        albedo = np.empty((len(dirs), 3))
+        image = self._appearance(points, ids, parts, band, normals_world, rng).reshape(h, w, 3)
+
+        normals_cam = normals_world @ self.cam_to_world  # world -> camera frame
+        facing_away = np.einsum("ij,ij->i", normals_cam, d_cam) > 0
+        normals_cam[facing_away] *= -1
+        normals_cam[~hit] = 0.0
+
+        ids2d, parts2d = ids.reshape(h, w), parts.reshape(h, w)
+        depth2d, normals2d = depth.reshape(h, w), normals_cam.reshape(h, w, 3)
+        return {
+            "image": image.astype(np.float32),
+            "semseg": semseg.reshape(h, w, 1).astype(np.float32),
+            "human_parts": parts2d[..., None].astype(np.float32),
+            "sal": self._saliency(ids2d, depth2d)[..., None].astype(np.float32),
+            "depth": depth2d[..., None].astype(np.float32),
+            "normals": normals2d.astype(np.float32),
+            "edge": boundaries(ids2d, parts2d, depth2d, normals2d)[..., None].astype(np.float32),
+        }
+
+    def _appearance(self, points: np.ndarray, ids: np.ndarray, parts: np.ndarray, band: np.ndarray,
+                    normals_world: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """RGB in [0, 255] per ray: albedo x texture x (ambient + direct light unless shadowed) +
+        sensor noise."""
+        hit = ids >= 0
+        on_object = ids >= 2
+        albedo = np.empty((len(ids), 3))
         ground = ids == 0
         checker = (np.floor(points[:, 0] / self.tile) + np.floor(points[:, 2] / self.tile)) % 2 == 0
         albedo[ground] = np.where(checker[ground, None], self.ground_colors[0], self.ground_colors[1])
@@ -243,30 +267,13 @@ class Scene:
             shadow_origin = points[lit] + normals_world[lit] * 1e-3
             t_shadow, _, _ = self.cast(shadow_origin, np.broadcast_to(self.light, shadow_origin.shape),
                                        objects_only=True)
-            shadowed = np.zeros(len(dirs), dtype=bool)
+            shadowed = np.zeros(len(ids), dtype=bool)
             shadowed[lit] = np.isfinite(t_shadow)
             lambert = np.where(shadowed, 0.0, lambert)
         shade = self.ambient + (1.0 - self.ambient) * lambert
         image = albedo * shade[:, None] * self.light_tint * 255.0
         image = image + rng.normal(0.0, self.noise_sigma, image.shape)
-        image = np.clip(image, 0.0, 255.0).reshape(h, w, 3)
-
-        normals_cam = normals_world @ self.cam_to_world  # world -> camera frame
-        facing_away = np.einsum("ij,ij->i", normals_cam, d_cam) > 0
-        normals_cam[facing_away] *= -1
-        normals_cam[~hit] = 0.0
-
-        ids2d, parts2d = ids.reshape(h, w), parts.reshape(h, w)
-        depth2d, normals2d = depth.reshape(h, w), normals_cam.reshape(h, w, 3)
-        return {
-            "image": image.astype(np.float32),
-            "semseg": semseg.reshape(h, w, 1).astype(np.float32),
-            "human_parts": parts2d[..., None].astype(np.float32),
-            "sal": self._saliency(ids2d, depth2d)[..., None].astype(np.float32),
-            "depth": depth2d[..., None].astype(np.float32),
-            "normals": normals2d.astype(np.float32),
-            "edge": boundaries(ids2d, parts2d, depth2d, normals2d)[..., None].astype(np.float32),
-        }
+        return np.clip(image, 0.0, 255.0)
 
     def _bands(self, y: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """Band index (0 = top band) of each hit point: P - 2 bands of equal height per object,

@@ -101,29 +101,10 @@ def make_plan(map_name: str, entries: Sequence[WeightRule], official: dict[str, 
         entry = index.find(key, plan)
         if entry is None:
             continue
-        if entry.target is None:
-            plan.unused[key] = entry.reason
+        resolved = _resolve(key, entry, model, layouts, plan)
+        if resolved is None:
             continue
-        rest = key[len(entry.official):].lstrip(".") if entry.official else key
-        candidate = join(entry.target, rest)
-        if candidate in model:
-            names, op = [candidate], COPY
-        else:
-            found = _through_layout(candidate, layouts)
-            if found is None:
-                plan.unresolved.append(f"{key} -> {candidate}: the model has no tensor of that "
-                                       f"name ({_where(entry)})")
-                continue
-            alias, names = found
-            if alias.unused:
-                plan.unused[key] = alias.reason
-                continue
-            absent = [n for n in names if n not in model]
-            if absent:
-                plan.unresolved.append(f"{key} -> {', '.join(absent)}: the model has no tensor "
-                                       f"of that name ({_where(entry)})")
-                continue
-            op = alias.op
+        names, op = resolved
         problem = _shape_problem(op, shape, [model[n] for n in names])
         if problem:
             mismatched.update(names)
@@ -139,8 +120,45 @@ def make_plan(map_name: str, entries: Sequence[WeightRule], official: dict[str, 
         for n in names:
             claimed[n] = key
         plan.transfers.append(Transfer(key, tuple(names), op, entry))
+    _set_missing(plan, entries, model, layouts, set(claimed) | mismatched)
+    return plan
+
+
+def _resolve(key: str, entry: WeightRule, model: dict[str, Shape],
+             layouts: dict[str, tuple[Alias, ...]], plan: Plan) -> tuple[list[str], str] | None:
+    """The model tensors official ``key`` goes to under ``entry``, and how (copy, or an op of the
+    official layout its block declares); None when the key is unused or does not resolve (noted
+    in ``plan``)."""
+    if entry.target is None:
+        plan.unused[key] = entry.reason
+        return None
+    rest = key[len(entry.official):].lstrip(".") if entry.official else key
+    candidate = join(entry.target, rest)
+    if candidate in model:
+        return [candidate], COPY
+    found = _through_layout(candidate, layouts)
+    if found is None:
+        plan.unresolved.append(f"{key} -> {candidate}: the model has no tensor of that "
+                               f"name ({_where(entry)})")
+        return None
+    alias, names = found
+    if alias.unused:
+        plan.unused[key] = alias.reason
+        return None
+    absent = [n for n in names if n not in model]
+    if absent:
+        plan.unresolved.append(f"{key} -> {', '.join(absent)}: the model has no tensor "
+                               f"of that name ({_where(entry)})")
+        return None
+    return names, alias.op
+
+
+def _set_missing(plan: Plan, entries: Sequence[WeightRule], model: dict[str, Shape],
+                 layouts: dict[str, tuple[Alias, ...]], named: set[str]) -> None:
+    """The model tensors no official tensor names (``named``: claimed or mismatched): kept when
+    their layout says a file may lack them, else missing (a scoped map: only under its targets)."""
     optional = _optional(layouts)
-    unclaimed = [k for k in model if k not in claimed and k not in mismatched]
+    unclaimed = [k for k in model if k not in named]
     plan.kept_optional = [k for k in unclaimed if k in optional]
     unclaimed = [k for k in unclaimed if k not in optional]
     if plan.scoped:
@@ -148,7 +166,6 @@ def make_plan(map_name: str, entries: Sequence[WeightRule], official: dict[str, 
         plan.missing = [k for k in unclaimed if any(under(k, t) for t in targets)]
     else:
         plan.missing = unclaimed
-    return plan
 
 
 def _optional(layouts: dict[str, tuple[Alias, ...]]) -> set[str]:
