@@ -86,9 +86,7 @@ def _sync(device: torch.device) -> None:
 def _timed(run: Callable[[], Any], device: torch.device) -> float:
     _sync(device)
     t0 = time.perf_counter()
-    outputs = [o for o in _tensors(run()) if o.requires_grad]
-    if outputs:
-        sum(o.float().mean() for o in outputs).backward()
+    run_with_backward(run)
     _sync(device)
     return time.perf_counter() - t0
 
@@ -105,15 +103,15 @@ def fastest_each_way(model, separate, batched, reps: int, device: torch.device) 
     return min(times[False]), min(times[True])
 
 
-def time_groups(model, images: torch.Tensor, reps: int = 3) -> list[GroupTiming]:
-    """Each group of the model's full fusion plan timed one by one and batched, on the device of
-    ``images`` (under whatever autocast the caller set)."""
+def group_runs(model, images: torch.Tensor) -> list[tuple[Any, Callable[[], Any], Callable[[], Any]]]:
+    """Per group of the model's full fusion plan: the group, and two functions that run its calls
+    on the inputs captured from one unfused forward of ``images``, one by one and batched."""
     from .blocks import REGISTRY
     from .blocks.construct import resolve_module
 
     plan = model.full_fusion
     inputs = capture_inputs(model, images, [n for g in plan.groups for n in g.nodes])
-    rows = []
+    runs = []
     for group in plan.groups:
         block = REGISTRY[group.block]
         modules = tuple(model.get_submodule(n) for n in group.nodes)
@@ -128,9 +126,23 @@ def time_groups(model, images: torch.Tensor, reps: int = 3) -> list[GroupTiming]
         def together(modules=modules, shared=shared, args=args, batched=batched):
             return batched(modules, shared, *args)
 
-        rows.append(GroupTiming(group.describe().split(":")[0], len(group.nodes),
-                                *fastest_each_way(model, separate, together, reps, images.device)))
-    return rows
+        runs.append((group, separate, together))
+    return runs
+
+
+def run_with_backward(run: Callable[[], Any]) -> None:
+    """``run``, then backward from the mean of each of its outputs that needs a gradient."""
+    outputs = [o for o in _tensors(run()) if o.requires_grad]
+    if outputs:
+        sum(o.float().mean() for o in outputs).backward()
+
+
+def time_groups(model, images: torch.Tensor, reps: int = 3) -> list[GroupTiming]:
+    """Each group of the model's full fusion plan timed one by one and batched, on the device of
+    ``images`` (under whatever autocast the caller set)."""
+    return [GroupTiming(group.describe().split(":")[0], len(group.nodes),
+                        *fastest_each_way(model, separate, together, reps, images.device))
+            for group, separate, together in group_runs(model, images)]
 
 
 @contextmanager
