@@ -83,6 +83,27 @@ def parse_overrides(items):
     return dict(parse_override(o) for o in items or [])
 
 
+def ratio_runs(args, storage: str, overrides) -> list[dict]:
+    """The plain loop against Ray Train on ``--ratio-spec``, at each thread count."""
+    if args.ratio_steps:
+        args.steps = args.ratio_steps
+    cores = os.cpu_count() or 1
+    counts = args.ratio_threads or ([cores, cores - 1] if cores > 1 else [1])
+    rows = []
+    for threads in counts:
+        args.threads = threads
+        # Ray first: the plain loop afterwards runs in this (by then idle) driver process.
+        ray = measure(args.ratio_spec, args, storage, False, overrides)
+        plain = measure(args.ratio_spec, args, storage, True, overrides)
+        ratio = plain["images_per_s"] / ray["images_per_s"]
+        rows.append({"spec": args.ratio_spec, "threads": threads, "cores": cores,
+                     "plain": plain, "ray": ray, "plain_over_ray": ratio})
+        print(f"ratio on {args.ratio_spec}, {threads} of {cores} cores: plain {plain['images_per_s']:.2f} "
+              f"img/s, Ray Train {ray['images_per_s']:.2f} img/s -> plain/Ray = {ratio:.3f} "
+              f"(target <= 1.05); intervals plain {plain['intervals']} ray {ray['intervals']}")
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--specs", nargs="*", default=None, help="spec names (default: every specs/*.mtl)")
@@ -125,22 +146,7 @@ def main(argv=None) -> int:
             print(f"{spec:<24} {row['images_per_s']:8.2f} img/s  (intervals {row['intervals']}, "
                   f"run {row['wall_s']:.0f} s)")
     if not args.no_ratio:
-        if args.ratio_steps:
-            args.steps = args.ratio_steps
-        cores = os.cpu_count() or 1
-        counts = args.ratio_threads or ([cores, cores - 1] if cores > 1 else [1])
-        figures["ratio"] = []
-        for threads in counts:
-            args.threads = threads
-            # Ray first: the plain loop afterwards runs in this (by then idle) driver process.
-            ray = measure(args.ratio_spec, args, storage, False, overrides)
-            plain = measure(args.ratio_spec, args, storage, True, overrides)
-            ratio = plain["images_per_s"] / ray["images_per_s"]
-            figures["ratio"].append({"spec": args.ratio_spec, "threads": threads, "cores": cores,
-                                     "plain": plain, "ray": ray, "plain_over_ray": ratio})
-            print(f"ratio on {args.ratio_spec}, {threads} of {cores} cores: plain {plain['images_per_s']:.2f} "
-                  f"img/s, Ray Train {ray['images_per_s']:.2f} img/s -> plain/Ray = {ratio:.3f} "
-                  f"(target <= 1.05); intervals plain {plain['intervals']} ray {ray['intervals']}")
+        figures["ratio"] = ratio_runs(args, storage, overrides)
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1))
     return 0
