@@ -117,7 +117,7 @@ def demt_head(profile: TaskProfile, cin: int, dim: int) -> Shapes:
 
 def tpanet_head(profile: TaskProfile, cin: int, positions: int, dim: int = 108) -> Shapes:
     width, tasks = cin // 4, len(profile.tasks)
-    hidden = int(positions * 0.0005)
+    hidden = int(positions * 0.0005) or positions  # the released Mlp: int(hidden) or in_features
     out = {**_bottlenecks(profile, width, dim), **_logits(profile, width)}
     for i in range(tasks):
         out.update(_conv(f"head.specific_tasks.{i}", dim, cin // 2))

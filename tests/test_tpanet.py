@@ -60,7 +60,9 @@ def test_head_parameters_equal_the_released_breakdown():
 
 @pytest.mark.parametrize("size, positions, hidden", [((425, 560), 14_980, 7),
                                                      ((512, 512), 16_384, 8),
-                                                     ((64, 64), 256, 1)])
+                                                     ((64, 64), 256, 256),
+                                                     ((128, 160), 1_280, 1_280),
+                                                     ((180, 180), 2_025, 1)])
 def test_spatial_mlp_width_follows_the_input_size(size, positions, hidden):
     x = stride4(8)
     mixing = build("adaptive_task_mixing", {"x": TaskMap(items={"depth": x, "edge": x})}, {},
@@ -166,7 +168,7 @@ def tpe_params(cin: int, d: int, tasks: int, groups: int = 2, bn: bool = False) 
 
 
 def atm_params(positions: int, d: int, tasks: int, ratio: float = 0.0005) -> int:
-    hidden = max(1, int(positions * ratio))
+    hidden = int(positions * ratio) or positions  # the released Mlp: int(hidden) or in_features
     width = tasks * d
     spatial = 2 * positions + positions * hidden + hidden + hidden * positions + positions
     return 2 * width + spatial + 2 * width + 2 * (width * width + width)

@@ -55,7 +55,7 @@ class AdaptiveTaskMixing(Block):
     module = "mtl_dsl.modules.tpanet.AdaptiveTaskMixing"
     family = "tpanet"
     doc = ("TPANet adaptive task mixing (paper eqs. 4-7) on the channel concat of the task maps: "
-           "spatial MLP over the S positions (hidden int(S * ratio), at least 1) and channel MLP "
+           "spatial MLP over the S positions (hidden int(S * ratio), or S where that is 0, as released) and channel MLP "
            "over T*D, each residual after the one shared LayerNorm; split back per task. The "
            "spatial MLP is built for the input size the model is compiled for.")
     args = {

@@ -44,9 +44,11 @@ class TaskPriorExtractor(nn.Module):
 
 
 def spatial_hidden(positions: int, ratio: float) -> int:
-    """Hidden width of the spatial MLP: int(S * ratio) as released (14,980 -> 7, 16,384 -> 8),
-    at least 1 so that small inputs still mix."""
-    return max(1, int(positions * ratio))
+    """Hidden width of the spatial MLP as released: int(S * ratio) (14,980 -> 7, 16,384 -> 8),
+    and S itself where that is 0 (S < 2,000 at the default ratio, i.e. inputs below about
+    180x180): the released ``Mlp`` takes ``int(hidden_features) or in_features``
+    (github.com/yangyangxu0/TPANet 1c693556, src/model/heads/adapthead.py, class Mlp)."""
+    return int(positions * ratio) or positions
 
 
 class AdaptiveTaskMixing(nn.Module):
