@@ -385,6 +385,26 @@ def test_the_same_tasks_by_another_name_and_another_input_size_are_accepted():
     assert len(info.value.diagnostics) == 1 and "(semseg:13, depth" in info.value.message
 
 
+@pytest.mark.parametrize("spec, profile, tasks", [
+    ("atrc_pascal_hrnet18", "pascal", "semseg:21,normals"),
+    ("atrc_pascal_hrnet18", "pascal", "normals,semseg:21"),
+    ("atrc_nyud_hrnet18", "nyud", "depth,edge")])
+def test_a_selection_of_the_profiles_tasks_is_accepted_at_its_input_size(spec, profile, tasks):
+    """As the official ATRC code builds a searched genotype for any of its tasks (in the order
+    configured): github.com/brdav/atrc, src/model/heads/relationalcontext.py."""
+    ir = load_ir(spec, tasks=tasks)
+    assert [t.name for t in ir.tasks] == [t.split(":")[0] for t in tasks.split(",")]
+    assert tuple(ir.input_size) == PROFILES[profile].input_size
+    assert tuple(load_ir(spec, tasks=tasks, input_size=(64, 96)).input_size) == (64, 96)
+
+
+@pytest.mark.parametrize("tasks", ["semseg:21,depth", "semseg:40,normals", "semseg:21,semseg:21"])
+def test_tasks_outside_the_profile_are_still_refused(tasks):
+    with pytest.raises(SpecError) as info:
+        load_ir("atrc_pascal_hrnet18", tasks=tasks)
+    assert len(info.value.diagnostics) == 1
+
+
 PROFILED = """model m(dim = 4) {
   PROFILE
   x = conv_bn_act(images, dim, stride = 4)

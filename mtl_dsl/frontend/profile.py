@@ -3,8 +3,9 @@
 A spec is normally dataset-free: it loops over ``tasks``, and the profile comes from ``--tasks``
 (default: the built-in synthetic scenes). A spec made for one dataset says so at the top of its
 model, ``profile nyud`` (or ``profile nyud(input = [448, 576])``, or a task list such as
-``profile "semseg:13,depth"``): that profile is then the default, and any other is refused with one
-error, before anything else is lowered (ATRC's searched context tables name one dataset's tasks).
+``profile "semseg:13,depth"``): that profile is then the default; a selection of its tasks (same
+channels, any order) is accepted at the profile's input size, and any other task set is refused with
+one error, before anything else is lowered (ATRC's searched context tables name one dataset's tasks).
 """
 from __future__ import annotations
 
@@ -48,6 +49,8 @@ def choose(sink: Diagnostics, model: ast.BlockDef, requested: TaskProfile | None
     if size is None or len(statements) > 1:
         return None
     if requested is not None and requested.tasks != made_for.tasks:
+        if _subset(requested, made_for):
+            return requested, tuple(input_size or size)  # type: ignore[return-value]
         sink.error(stmt.loc, f"model '{model.name}' is made for the task profile '{stmt.name}' "
                              f"({describe(made_for)}), not for '{requested.name}' "
                              f"({describe(requested)})",
@@ -55,6 +58,15 @@ def choose(sink: Diagnostics, model: ast.BlockDef, requested: TaskProfile | None
                    f"for {requested.name}")
         return None
     return made_for, tuple(input_size or size)  # type: ignore[return-value]
+
+
+def _subset(requested: TaskProfile, made_for: TaskProfile) -> bool:
+    """Some of the profile's tasks, each with the profile's channels, in any order: the official
+    ATRC code builds a searched genotype for any such task list (github.com/brdav/atrc 76d80551,
+    src/model/heads/relationalcontext.py reads ``atrc_genotype[target][source]`` for the
+    configured tasks only), so the spec's table serves it too."""
+    names = [t.name for t in requested.tasks]
+    return len(set(names)) == len(names) and all(t in made_for.tasks for t in requested.tasks)
 
 
 def _declared_input(sink: Diagnostics, stmt: ast.Profile,
