@@ -39,4 +39,7 @@ def test_the_ceiling_is_computed_from_the_measured_step():
     floor = g["flops"] / r["peak"]
     assert floor <= g["on"] * (1 + 1e-9)  # the peak is at least the batched group's own rate
     saving = max(0.0, g["off"] - floor)
-    assert r["ceiling"] == r["step"]["off"] / (r["step"]["off"] - saving) >= 1.0
+    off = r["step"]["off"]
+    # a group timed alone may exceed a tiny step's median (noise): then no ceiling is claimed
+    assert r["ceiling"] == (off / (off - saving) if saving < off else float("inf"))
+    assert r["ceiling"] >= 1.0
