@@ -22,7 +22,8 @@ from ..ir import Node, Ref
 from . import ast
 from .loops import iterations
 from .naming import MAX_NODES
-from .values import Family, GraphValue, Poison, Scope, is_graph, is_number, short, sloc, type_name
+from .values import (ConstantEntry, Family, GraphValue, Poison, Scope, is_graph, is_number, short,
+                     sloc, type_name)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .calls import Calls
@@ -182,9 +183,9 @@ class Algebra:
         if isinstance(terms, tuple):  # a fused weighted sum: (x, weights or coeffs)
             xs, ws = terms
             params = {"coeffs": ws} if isinstance(ws, list) else {}
-            inputs = {"x": xs.to_collection()}
+            inputs = {"x": self._collection(name, xs, expr)}
             if isinstance(ws, Family):
-                inputs["w"] = ws.to_collection()
+                inputs["w"] = self._collection(name, ws, expr)
             return self.node(name, inputs, params, expr.loc, scope, node_name, shape, expr)
         if name == "stack":
             if not isinstance(terms, Family):
@@ -195,8 +196,16 @@ class Algebra:
             return self._constant(name, terms, expr)
         if isinstance(terms, GraphValue):  # a block's per-task result: the checker checks it
             return self.node(name, {"x": terms.ref}, {}, expr.loc, scope, node_name, shape, expr)
-        return self.node(name, {"x": terms.to_collection()}, {}, expr.loc, scope, node_name,
-                         shape, expr)
+        return self.node(name, {"x": self._collection(name, terms, expr)}, {}, expr.loc, scope,
+                         node_name, shape, expr)
+
+    def _collection(self, name: str, family: Family, expr: ast.CallExpr) -> Any:
+        try:
+            return family.to_collection()
+        except ConstantEntry as e:
+            raise self.error(expr.args[0].value.loc, f"'{name}' of a collection reduces graph "
+                                                     f"values, but {e.describe()}",
+                             f"{name}(...) of constants takes a list: {name}([a, b])") from None
 
     def _terms(self, name: str, expr: ast.CallExpr, scope: Scope) -> Any:
         """A Family, a GraphValue (one per-task value), a list of constants, or (x, w) for a

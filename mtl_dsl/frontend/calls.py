@@ -19,8 +19,8 @@ from . import ast
 from .consteval import BUILTIN_FUNCTIONS, Evaluator
 from .naming import MAX_NODES, NodeNames
 from .params import CONST_PARAM_TYPES, GRAPH_PARAM_TYPES, coerce
-from .values import (Family, GraphValue, Poison, Scope, TableRow, TableValue, UserBlock, is_graph,
-                     jsonable, short, sloc, task_hint, type_name)
+from .values import (ConstantEntry, Family, GraphValue, Poison, Scope, TableRow, TableValue,
+                     UserBlock, is_graph, jsonable, short, sloc, task_hint, type_name)
 
 MAX_CALL_DEPTH = 32
 
@@ -160,7 +160,12 @@ class Calls:
                 raise self.error(loc, f"argument '{arg_name}' of '{block.name}' takes a "
                                       f"{spec.type_name()}, not a per-task collection",
                                  f"select one entry, e.g. {value.name}[t]")
-            return value.to_collection()
+            try:
+                return value.to_collection()
+            except ConstantEntry as e:
+                raise self.error(loc, f"argument '{arg_name}' of '{block.name}' takes a "
+                                      f"collection of graph values, but {e.describe()}",
+                                 "a collection given to a block holds block results") from None
         if isinstance(value, tuple):
             raise self.error(loc, f"argument '{arg_name}' of '{block.name}' got several values",
                              "unpack them first: a, b = block(...)")

@@ -133,7 +133,7 @@ class Lowerer:
                 if isinstance(e, MissingTableEntry):
                     self.ev.missing_entry(e, stmt.loc)
                 self._poison_targets(stmt, scope)
-                if isinstance(stmt, ast.Return):
+                if isinstance(stmt, ast.Return) and not in_model:  # the block call fails
                     raise Poison() from None
         return None
 

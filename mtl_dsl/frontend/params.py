@@ -49,7 +49,7 @@ def bind_model_params(ev: Evaluator, model: ast.BlockDef, top: FileScope,
     builtins = Scope(vars={}, parent=None, prefix="", file=top)
     values, failed = _defaults(ev, model, builtins)
     known = set(values) | failed
-    presets = {s.name: s for s in model.body if isinstance(s, ast.Preset)}
+    presets = _presets(ev, model)
     if preset is not None:
         if preset not in presets:
             ev.sink.add_source("--preset", preset)
@@ -64,14 +64,46 @@ def bind_model_params(ev: Evaluator, model: ast.BlockDef, top: FileScope,
     for name, value in overrides.items():
         loc = _flag(ev, name, value)
         _set_param(ev, values, known, name, ast.Const(value, loc), loc, "set", builtins, model)
-    # presets must name real parameters even when not selected
     for s in presets.values():
-        for arg in s.values:
-            if arg.name is not None and arg.name not in known:
-                ev.sink.error(arg.loc, f"a preset sets unknown parameter '{arg.name}'",
-                              did_you_mean(arg.name, values),
-                              notes=(f"in preset '{s.name}'",))
+        _check_preset(ev, s, values, known, s.name == preset, builtins, model)
     return values
+
+
+def _presets(ev: Evaluator, model: ast.BlockDef) -> dict[str, ast.Preset]:
+    """The model's presets by name; a name given twice is an error (the first one counts)."""
+    presets: dict[str, ast.Preset] = {}
+    for s in model.body:
+        if not isinstance(s, ast.Preset):
+            continue
+        if s.name in presets:
+            ev.sink.error(s.loc, f"duplicate preset '{s.name}' in model '{model.name}'",
+                          "give each preset its own name",
+                          notes=(f"first defined at line {presets[s.name].loc.line}",))
+            continue
+        presets[s.name] = s
+    return presets
+
+
+def _check_preset(ev: Evaluator, preset: ast.Preset, values: dict[str, ParamValue],
+                  known: set[str], selected: bool, builtins: Scope, model: ast.BlockDef) -> None:
+    """Every preset, selected or not, sets real parameters, each once, to values of their
+    types (the selected one's values were checked as they were applied)."""
+    first: dict[str, ast.Loc] = {}
+    for arg in preset.values:
+        if arg.name is None:
+            continue
+        if arg.name in first:
+            ev.sink.error(arg.loc, f"preset '{preset.name}' sets '{arg.name}' twice",
+                          "the last value would silently win: keep one",
+                          notes=(f"first set at line {first[arg.name].line}",))
+            continue
+        first[arg.name] = arg.loc
+        if arg.name not in known:
+            ev.sink.error(arg.loc, f"a preset sets unknown parameter '{arg.name}'",
+                          did_you_mean(arg.name, values), notes=(f"in preset '{preset.name}'",))
+        elif not selected:  # checked on a copy: only the selected preset is applied
+            _set_param(ev, dict(values), known, arg.name, arg.value, arg.loc, "preset",
+                       builtins, model)
 
 
 def _flag(ev: Evaluator, name: str, value: Any) -> ast.Loc:

@@ -34,10 +34,29 @@ class Family:
     items: dict[str, Any] = field(default_factory=dict)
 
     def to_collection(self) -> CollectionRef:
+        """The collection as a block input; ``ConstantEntry`` if an entry is a constant."""
         out: dict[str, Any] = {}
         for k, v in self.items.items():
-            out[k] = v.to_collection() if isinstance(v, Family) else v.ref
+            if isinstance(v, Family):
+                out[k] = v.to_collection()
+            elif isinstance(v, GraphValue):
+                out[k] = v.ref
+            else:
+                raise ConstantEntry(f"{self.name}[{k}]", v)
         return CollectionRef(items=out)
+
+
+class ConstantEntry(TypeError):
+    """A per-task collection given where graph values are wanted holds a constant
+    (``d[t] = 3``, then ``concat(d)``); the caller reports it at the argument."""
+
+    def __init__(self, entry: str, value: Any):
+        super().__init__(entry)
+        self.entry = entry
+        self.value = value
+
+    def describe(self) -> str:
+        return f"its entry {self.entry} is the constant {short(self.value)}"
 
 
 class MissingTableEntry(ValueError):

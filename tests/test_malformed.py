@@ -1,0 +1,103 @@
+"""Malformed specs found by a new user's probe and by token-level mutation of the shipped specs:
+each is one located error (file, line, column, what was expected), never a Python exception."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mtl_dsl.api import check_spec
+from mtl_dsl.errors import SpecError
+
+HEAD = "model m(dim: int = 8) {\n"
+BODY = ("  x = conv_bn_act(images, dim, stride = 4)\n"
+        "  for t in tasks {\n"
+        "    out[t] = dense_head(x, task = t)\n"
+        "  }\n"
+        "}\n")
+
+
+def only_error(tmp_path: Path, text: str, **kw):
+    path = tmp_path / "spec.mtl"
+    path.write_text(text)
+    with pytest.raises(SpecError) as info:
+        check_spec(path, tasks="semseg,depth", input_size=(32, 32), **kw)
+    (d,) = info.value.diagnostics
+    assert d.file.endswith("spec.mtl") and str(info.value).startswith(f"{d.file}:{d.line}:")
+    return d
+
+
+# -- `return` in a model --------------------------------------------------------------------------
+
+def test_a_return_in_a_model_is_one_error_not_an_exception(tmp_path):
+    d = only_error(tmp_path, HEAD + BODY.replace("}\n", "}\n  return x\n", 1))
+    assert (d.line, d.column) == (6, 3)
+    assert d.message == "'return' is only allowed in a block"
+    assert d.hint == "a model's results are its out[t] outputs"
+
+
+def test_a_return_in_a_model_exits_2_without_a_traceback(tmp_path, capsys):
+    from mtl_dsl.cli import main
+
+    spec = tmp_path / "spec.mtl"
+    spec.write_text(HEAD + "  x = conv_bn_act(images, dim, stride = 4)\n  if dim > 2 {\n"
+                    "    return x\n  }\n" + BODY.split("\n", 1)[1])
+    assert main(["check", str(spec), "--tasks", "semseg", "--input", "32x32"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{spec}:4:5: error: 'return' is only allowed in a block")
+    assert "Traceback" not in err and "    4 |     return x\n" in err
+
+
+# -- presets --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("presets,line,column,message", [
+    ("  preset p(dim = 4)\n  preset p(dim = 2)\n", 3, 10, "duplicate preset 'p' in model 'm'"),
+    ("  preset p(dim = 4, dim = 8)\n", 2, 21, "preset 'p' sets 'dim' twice"),
+    # a preset that is not selected is checked all the same: its values have the types
+    ('  preset p(dim = "wide")\n', 2, 12, "parameter 'dim' must be int, got str ('wide')"),
+    ("  preset p(dim = nope)\n", 2, 18, "unknown name 'nope'"),
+    ("  preset p(dim = 1 // 0)\n", 2, 20, "division by zero"),
+])
+def test_every_preset_is_checked_whether_selected_or_not(tmp_path, presets, line, column, message):
+    d = only_error(tmp_path, HEAD + presets + BODY)
+    assert (d.line, d.column, d.message) == (line, column, message)
+
+
+def test_a_duplicate_preset_names_the_first_definition(tmp_path):
+    d = only_error(tmp_path, HEAD + "  preset p(dim = 4)\n  preset q(dim = 2)\n"
+                                    "  preset p(dim = 2)\n" + BODY, preset="q")
+    assert d.line == 4 and d.notes == ("first defined at line 2",)
+
+
+def test_a_selected_preset_reports_its_wrong_value_once(tmp_path):
+    d = only_error(tmp_path, HEAD + '  preset p(dim = "wide")\n' + BODY, preset="p")
+    assert (d.line, d.column) == (2, 12) and d.message.startswith("parameter 'dim' must be int")
+
+
+# -- collections of constants ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("use,column,message", [
+    ("concat(d)", 14, "argument 'a' of 'concat' takes a collection of graph values, but its "
+                      "entry d[semseg] is the constant (3)"),
+    ("sum(d)", 11, "'sum' of a collection reduces graph values, but its entry d[semseg] is the "
+                   "constant (3)"),
+])
+def test_a_collection_of_constants_given_as_graph_values_is_an_error(tmp_path, use, column,
+                                                                     message):
+    text = (HEAD + "  x = conv_bn_act(images, dim, stride = 4)\n"
+            "  for t in tasks {\n    d[t] = 3\n  }\n"
+            f"  y = {use}\n"
+            "  for t in tasks {\n    out[t] = dense_head(x + y, task = t)\n  }\n}\n")
+    d = only_error(tmp_path, text)
+    assert (d.line, d.column, d.message) == (6, column, message)
+
+
+def test_a_block_returning_a_constant_into_a_collection_is_located(tmp_path):
+    """The mutation of specs/demt.mtl that found it: `return m[depth - 1]` -> `return [depth - 1]`."""
+    text = ("block stack(x) {\n  return [0]\n}\n" + HEAD +
+            "  x = conv_bn_act(images, dim, stride = 4)\n"
+            "  for t in tasks {\n    d[t] = stack(x)\n  }\n  f = tokens(d)\n"
+            "  for t in tasks {\n    out[t] = dense_head(x, task = t)\n  }\n}\n")
+    d = only_error(tmp_path, text)
+    assert (d.line, d.column) == (9, 14)  # f = tokens(d)
+    assert "entry d[semseg] is the constant ([0])" in d.message
