@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
 import sysconfig
 import traceback
 from importlib import metadata
@@ -66,6 +67,9 @@ def load_plugins(modules: Iterable[str], origin: str = "--plugin") -> list[str]:
     """Import the named plugin modules (``--plugin``, the run config's ``plugins``); raises a
     ``SpecError`` naming the module and the real error. Returns the modules loaded so far."""
     _library()
+    modules = list(modules)
+    if modules:
+        _working_folder_on_path()
     for name in modules:
         if name in _loaded:
             continue
@@ -86,6 +90,21 @@ def load_plugins(modules: Iterable[str], origin: str = "--plugin") -> list[str]:
                                        f"{e}{_where(e)}") from None
         _loaded.append(name)
     return list(_loaded)
+
+
+def _working_folder_on_path() -> None:
+    """A plugin module may be a file in the folder the command runs from (docs/blocks.md).
+    ``python -m mtl_dsl.cli`` has that folder on ``sys.path``, the ``mtl-dsl`` console script
+    does not (its ``sys.path[0]`` is the script's own folder): it is added after every other
+    entry, so it never shadows an installed module."""
+    here = Path.cwd().resolve()
+    for entry in sys.path:
+        try:
+            if Path(entry or ".").resolve() == here:
+                return
+        except OSError:
+            continue
+    sys.path.append(str(here))
 
 
 def _library() -> None:

@@ -151,6 +151,30 @@ def test_plugin_flag_and_run_config_key(tmp_path):
     assert "done: 2 steps" in done.stdout
 
 
+def test_a_plugin_in_the_working_folder_loads_through_the_console_script(tmp_path):
+    """docs/blocks.md: `my_blocks.py`, in the folder you run `mtl-dsl` from. The installed
+    `mtl-dsl` is a console script, whose sys.path[0] is its own folder, not the working folder
+    (as `python -m` and `-c` have it): a launcher of that shape in another folder."""
+    (tmp_path / "my_blocks.py").write_text(BLOCKS.format(prefix="mine"))
+    spec = write_spec(tmp_path, "mine", "gate")
+    scripts = tmp_path / "bin"
+    scripts.mkdir()
+    launcher = scripts / "mtl-dsl"
+    launcher.write_text("import sys\nfrom mtl_dsl.cli import main\nsys.exit(main())\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, str(launcher), "check", str(spec), "--tasks",
+                           "semseg,depth", "--input", "32x32", "--plugin", "my_blocks"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "model 'gated' is well-formed: 4 nodes" in done.stdout
+    # a module that is in neither place is still the one-line error naming it
+    done = subprocess.run([sys.executable, str(launcher), "check", str(spec), "--plugin",
+                           "not_here_blocks"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 2 and done.stderr.startswith(
+        "--plugin: error: cannot load plugin 'not_here_blocks': ModuleNotFoundError")
+
+
 @pytest.mark.parametrize("module,text,message", [
     ("no_such_module", None, "cannot load plugin 'no_such_module': ModuleNotFoundError"),
     ("raising_plugin", "import os\nraise ImportError('needs the gpu extras')\n",
