@@ -204,6 +204,31 @@ def test_invalid_yaml_points_at_the_line_and_column(tmp_path):
     assert message.startswith(f"{tmp_path / 'run.yaml'}:4:1: error: invalid YAML")
 
 
+def test_a_control_character_is_an_error_at_its_place_not_a_traceback(tmp_path):
+    """PyYAML's reader refuses it before parsing (ReaderError, no problem_mark): it escaped as
+    a traceback."""
+    message = _error(tmp_path, "training:\n  iterations: 3\x00\n")
+    assert message == (f"{tmp_path / 'run.yaml'}:2:16: error: invalid YAML: control character "
+                       f"U+0000 (is this a binary file?)")
+    path = tmp_path / "bin.yaml"
+    path.write_bytes(bytes([0, 1, 2, 255]))
+    with pytest.raises(SpecError) as info:
+        load_config(path)
+    assert str(info.value).startswith(f"{path}: error: cannot read config file")
+    message = _cli_error("train", "baseline_mt", "--set", "optimizer.lr=\x01")
+    assert message.startswith("--set:1:14: error: invalid YAML: control character U+0001")
+
+
+def test_a_yaml_mistake_in_a_set_value_points_into_the_flag():
+    with pytest.raises(SpecError) as info:
+        parse_set(["training.iterations=3", "training.input_size=[32, 32"])
+    (d,) = info.value.diagnostics
+    assert (d.file, d.line, d.column) == ("--set", 1, 28)
+    assert d.message == "invalid YAML: expected ',' or ']', but got '<stream end>'"
+    assert str(info.value).splitlines()[1:] == ["    1 | training.input_size=[32, 32",
+                                                "      |                            ^"]
+
+
 def test_unknown_key_without_a_close_match_lists_the_keys_of_its_section(tmp_path):
     message = _error(tmp_path, "schedule:\n  wobble: 3\n")
     assert ":2:3: error: unknown key 'schedule.wobble'" in message

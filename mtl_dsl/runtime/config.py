@@ -60,7 +60,15 @@ def parse_set(items: list[str] | None) -> Overrides:
         key = key.strip()
         if not sep or not key:
             raise usage_error(flag, f"expected KEY=VALUE, got '{item}'")
-        value = load_yaml(raw, flag) if raw.strip() else None
+        try:
+            value = load_yaml(raw, flag) if raw.strip() else None
+        except UsageError as exc:
+            (d,) = exc.diagnostics
+            if d.line != 1:
+                raise
+            # a mistake at a place in the value: shown in the flag as typed, with a caret
+            raise usage_error("--set", d.message, hint=d.hint, line=1,
+                              column=len(item) - len(raw) + d.column, source_line=item) from None
         out.put(key, value, flag)
     return out
 

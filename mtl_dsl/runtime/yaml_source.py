@@ -95,7 +95,13 @@ def load_yaml(text: str, where: str) -> Any:
     if len(text.encode("utf-8", "surrogatepass")) > MAX_CONFIG_BYTES:
         raise usage_error(where, f"config text is too large ({len(text):,} characters; the "
                                  f"limit is {MAX_CONFIG_BYTES:,} bytes)")
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)  # its reader refuses control characters at once
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        raise usage_error(where, f"invalid YAML: control character U+{exc.character:04X} "
+                                 f"(is this a binary file?)", line=line, column=column) from None
     try:
         node = loader.get_single_node()
         if node is None:
