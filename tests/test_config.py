@@ -229,6 +229,12 @@ def test_a_yaml_mistake_in_a_set_value_points_into_the_flag():
                                                 "      |                            ^"]
 
 
+def test_a_plugin_that_is_no_module_path_is_an_error_at_its_entry(tmp_path):
+    message = _error(tmp_path, "training:\n  iterations: 2\nplugins:\n  - my_blocks\n  - 3d.x\n")
+    assert message == (f"{tmp_path / 'run.yaml'}:5:5: error: key 'plugins': a plugin is a Python "
+                       f"module path such as my_package.blocks, got '3d.x'")
+
+
 def test_unknown_key_without_a_close_match_lists_the_keys_of_its_section(tmp_path):
     message = _error(tmp_path, "schedule:\n  wobble: 3\n")
     assert ":2:3: error: unknown key 'schedule.wobble'" in message

@@ -101,3 +101,47 @@ def test_a_block_returning_a_constant_into_a_collection_is_located(tmp_path):
     d = only_error(tmp_path, text)
     assert (d.line, d.column) == (9, 14)  # f = tokens(d)
     assert "entry d[semseg] is the constant ([0])" in d.message
+
+
+# -- flags ----------------------------------------------------------------------------------------
+
+def test_an_unknown_model_is_an_error_at_the_flag_listing_the_models(tmp_path):
+    path = tmp_path / "two.mtl"
+    path.write_text(HEAD + BODY + HEAD.replace("model m(", "model second(") + BODY)
+    with pytest.raises(SpecError) as info:
+        check_spec(path, tasks="semseg", model="third")
+    (d,) = info.value.diagnostics
+    assert (d.file, d.line, d.column, d.length) == ("--model", 1, 1, 5)
+    assert d.message == f"no model named 'third' in {path}" and d.source_line == "third"
+    assert d.hint == "its models: m, second"
+    with pytest.raises(SpecError) as info:
+        check_spec(path, tasks="semseg", model="secnd")
+    assert info.value.diagnostics[0].hint == "did you mean 'second'?"
+
+
+@pytest.mark.parametrize("flag,column,length", [
+    ("dim=1e400", 5, 5), ("dim= -1e400", 6, 6), ("levels=[1, 1e999]", 8, 10)])
+def test_an_infinite_set_value_is_refused_as_typed(flag, column, length):
+    from mtl_dsl.api import parse_override
+
+    with pytest.raises(SpecError) as info:
+        parse_override(flag)
+    (d,) = info.value.diagnostics
+    assert (d.file, d.column, d.length, d.message) == ("--set", column, length,
+                                                       "number is not finite")
+    assert d.source_line == flag  # before: the value re-printed as JSON, 'dim=Infinity'
+
+
+def test_blocks_of_an_unknown_name_points_at_it_and_names_the_spec_defining_it(capsys):
+    from mtl_dsl.cli import main
+
+    assert main(["blocks", "conv_bn_act", "conv_bn_actt", "fcn_features"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.startswith("blocks:1:13: error: unknown block 'conv_bn_actt'\n"
+                          "    1 | conv_bn_act conv_bn_actt fcn_features\n"
+                          "      |             ^~~~~~~~~~~~\n"
+                          "hint: did you mean 'conv_bn_act'?")
+    assert ("blocks:1:26: error: unknown block 'fcn_features'" in err and
+            "hint: 'fcn_features' is not in the library: the built-in spec baseline_mt.mtl "
+            "defines it (line 8); import \"baseline_mt.mtl\" to call it" in err)

@@ -13,6 +13,30 @@ from .options import add_plugin_argument, add_spec_arguments, spec_kwargs
 
 # -- commands -------------------------------------------------------------------------------------
 
+def _unknown_block(name: str, asked: list[str], known: list[str]) -> Diagnostic:
+    """``mtl-dsl blocks NAME`` of a block the library lacks: at the name as typed; a block that
+    a built-in spec defines (``fcn_features``, ``mixer_stack``) says which spec to import."""
+    import re
+
+    from ..errors import did_you_mean
+    from ..frontend import iter_builtin_specs
+
+    line = " ".join(asked)
+    column = len(" ".join(asked[:asked.index(name)] + [""])) + 1  # where it starts in the line
+    hint = did_you_mean(name, known)
+    defined = re.compile(rf"^block\s+{re.escape(name)}\s*\(", re.MULTILINE)
+    for spec in iter_builtin_specs():
+        text = spec.read_text(encoding="utf-8", errors="replace")
+        found = defined.search(text)
+        if found:
+            at = text.count("\n", 0, found.start()) + 1
+            hint = (f"'{name}' is not in the library: the built-in spec {spec.name} defines it "
+                    f"(line {at}); import \"{spec.name}\" to call it")
+            break
+    return Diagnostic("blocks", 1, column, f"unknown block '{name}'", hint, source_line=line,
+                      length=max(1, len(name)))
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from ..api import check_spec
 
@@ -87,10 +111,7 @@ def cmd_blocks(args: argparse.Namespace) -> int:
     if args.name:
         missing = [n for n in args.name if n not in REGISTRY]
         if missing:
-            from ..errors import did_you_mean
-
-            raise SpecError([Diagnostic("blocks", 1, 1, f"unknown block '{m}'",
-                                        did_you_mean(m, REGISTRY)) for m in missing])
+            raise SpecError([_unknown_block(m, args.name, list(REGISTRY)) for m in missing])
         names = args.name
     family = None
     for name in names:

@@ -104,10 +104,13 @@ class Lowerer:
         if model_name is None:
             return models[0]
         match = [m for m in models if m.name == model_name]
-        if not match:
-            raise SpecError(Diagnostic(display, 1, 1, f"no model named '{model_name}' in "
-                                                      f"{display}",
-                                       did_you_mean(model_name, [m.name for m in models])))
+        if not match:  # a mistake of the flag: shown there, with the models there are
+            names = [m.name for m in models]
+            raise SpecError(Diagnostic("--model", 1, 1, f"no model named '{model_name}' in "
+                                                        f"{display}",
+                                       did_you_mean(model_name, names) or
+                                       f"its models: {', '.join(names)}",
+                                       source_line=model_name, length=max(1, len(model_name))))
         return match[0]
 
     def _ir(self, model: ast.BlockDef, display: str, path: Path, params: dict[str, ParamValue],

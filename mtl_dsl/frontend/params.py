@@ -9,6 +9,7 @@ type is an error at the place that gave it. ``parse_override`` reads the ``k=v``
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from ..errors import Diagnostic, Located, SpecError, did_you_mean
@@ -181,6 +182,10 @@ def parse_override(text: str) -> tuple[str, Any]:
     except (SpecError, IndexError):
         default = None
     value = _literal(default)
+    if not _finite(value):  # 1e400: refused as typed (the spec's message, the flag's text)
+        column = len(text) - len(text.partition("=")[2].lstrip()) + 1
+        raise SpecError(Diagnostic("--set", 1, column, "number is not finite", source_line=text,
+                                   length=max(1, len(raw))))
     if value is _NOT_LITERAL:
         if raw.replace("_", "").replace("-", "").replace(".", "").isalnum():
             return key, raw  # a bare word such as a timm model name
@@ -191,6 +196,12 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 _NOT_LITERAL = object()
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return all(_finite(v) for v in value) if isinstance(value, list) else True
 
 
 def _literal(expr: Any) -> Any:

@@ -244,6 +244,11 @@ def _validation_error(exc: ValidationError, sources: list[Source], data: dict) -
 
 def _check_semantics(config: RunConfig, sources: list[Source], check_paths: bool) -> None:
     _check_tasks(config, sources)
+    for i, module in enumerate(config.plugins):  # at the entry, before anything is imported
+        if not all(part.isidentifier() for part in module.split(".")):
+            raise _error_at(sources, ("plugins", i), f"key 'plugins': a plugin is a Python "
+                                                     f"module path such as my_package.blocks, "
+                                                     f"got {module!r}")
     for task in config.loss.weights:
         if task not in OFFICIAL_LOSS_WEIGHTS:
             hint = did_you_mean(task, OFFICIAL_LOSS_WEIGHTS) or \
