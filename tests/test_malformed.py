@@ -145,3 +145,17 @@ def test_blocks_of_an_unknown_name_points_at_it_and_names_the_spec_defining_it(c
     assert ("blocks:1:26: error: unknown block 'fcn_features'" in err and
             "hint: 'fcn_features' is not in the library: the built-in spec baseline_mt.mtl "
             "defines it (line 8); import \"baseline_mt.mtl\" to call it" in err)
+
+
+# -- a lost '}' -----------------------------------------------------------------------------------
+
+def test_a_weights_map_that_lost_its_brace_is_one_error_with_the_hint(tmp_path):
+    """A mutation of specs/baseline_mt.mtl (the '}' of fcn_features' weights map deleted) gave a
+    second error at the next model's header, which inside the open map is no definition."""
+    text = ('block feats_of(x) {\n  y = conv_bn_act(x, 4, stride = 4)\n'
+            '  weights official {\n    "backbone" -> "y"\n\n  return y\n}\n\n' +
+            HEAD +
+            "  x = feats_of(images)\n" + BODY.split("\n", 1)[1])
+    d = only_error(tmp_path, text)
+    assert (d.line, d.column) == (6, 10)
+    assert d.hint == "the file opens 1 more '{' than it closes: is a '}' missing above this line?"

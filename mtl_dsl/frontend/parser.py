@@ -11,6 +11,7 @@ further than a located error.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import threading
 from pathlib import Path
@@ -156,7 +157,11 @@ def parse_into(sink: Diagnostics, source: str, path: str = "<spec>") -> ast.Spec
     recover = Recovery(source, parser.keywords.restart_at)
 
     def diagnostic(e: UnexpectedInput) -> Diagnostic:
-        return syntax_diagnostic(e, path, source, lines, parser.words)
+        d = syntax_diagnostic(e, path, source, lines, parser.words)
+        if recover.unbalanced > 0 and not d.hint:  # the usual cause: a '}' left out above
+            d = dataclasses.replace(d, hint=f"the file opens {recover.unbalanced} more '{{' than "
+                                            f"it closes: is a '}}' missing above this line?")
+        return d
 
     consequence = []
 

@@ -146,7 +146,13 @@ class Recovery:
         if not self.unbalanced or not isinstance(e, UnexpectedToken):
             return False
         top_level = {"MODEL", "BLOCK", "IMPORT", "$END"}
-        return e.token.type in top_level or bool(e.expected) and set(e.expected) <= top_level
+        if e.token.type in top_level or bool(e.expected) and set(e.expected) <= top_level:
+            return True
+        # a definition's header read inside a body left open (`model m(...) {` after a lost
+        # `}`: in a weights map `model` is no keyword): an unindented line starting one
+        pos = e.token.start_pos if e.token.start_pos is not None else len(self.source)
+        line = self.source[self.source.rfind("\n", 0, pos) + 1:]
+        return line.split(" ", 1)[0] in ("model", "block", "import")
 
     def _indent(self, offset: int) -> int:
         """Indentation of the line holding ``offset``."""
