@@ -1,5 +1,6 @@
-"""Malformed specs found by a new user's probe and by token-level mutation of the shipped specs:
-each is one located error (file, line, column, what was expected), never a Python exception."""
+"""Specs and flags found by a new user's probe (the docs only) and by token-level mutation of the
+shipped specs: each mistake is one located error (file or flag, line, column, what was expected),
+never a Python exception; and what the docs promise works."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -159,3 +160,34 @@ def test_a_weights_map_that_lost_its_brace_is_one_error_with_the_hint(tmp_path):
     d = only_error(tmp_path, text)
     assert (d.line, d.column) == (6, 10)
     assert d.hint == "the file opens 1 more '{' than it closes: is a '}' missing above this line?"
+
+
+# -- `_` discards a result ------------------------------------------------------------------------
+
+TWO = """block two(x, dim: int) {
+  y = conv_bn_act(x, dim)
+  a = conv_bn_act(y, dim)
+  b = conv_bn_act(y, 1, kernel = 1, act = "none")
+  return a, b
+}
+"""
+
+
+def test_a_discarded_result_of_a_user_block_is_left_out_not_reported(tmp_path):
+    """docs/language.md: `_` discards one result. For a user block the nodes computing it were
+    reported as never used (and named after `_` when it came first)."""
+    path = tmp_path / "spec.mtl"
+    path.write_text(TWO + HEAD + "  x = conv_bn_act(images, dim, stride = 4)\n"
+                    "  a, _ = two(x, dim)\n  _, g = two(x, dim)\n"
+                    "  for t in tasks {\n    out[t] = dense_head(a * g, task = t)\n  }\n}\n")
+    graph = check_spec(path, tasks="semseg", input_size=(32, 32))
+    assert [n.name for n in graph.ir.nodes] == ["x", "a.y", "a.a", "g.y", "g.b", "out.semseg_mul",
+                                                "out.semseg"]
+
+
+def test_a_kept_result_that_is_unused_is_still_reported_with_what_it_reads(tmp_path):
+    d = only_error(tmp_path, TWO + HEAD + "  x = conv_bn_act(images, dim, stride = 4)\n"
+                   "  a, _ = two(x, dim)\n" + BODY.split("\n", 1)[1])
+    assert (d.line, d.message) == (9, "node 'a.y' (conv_bn_act) is never used: no output "
+                                      "depends on it")
+    assert d.notes == ("1 more node of this statement is unused too: a.a (conv_bn_act)",)

@@ -49,6 +49,7 @@ class Lowerer:
         self.tables: list[TableEntryIR] = []
         self.steps = 0
         self.failures = 0  # statements that failed (reported, or using what failed before)
+        self.discarded: list[Any] = []  # the values bound to `_` (a, _ = block(...))
 
     def _begin(self, profile: TaskProfile, input_size: tuple[int, int]) -> None:
         """Set up the walk for one task profile and input size."""
@@ -85,6 +86,7 @@ class Lowerer:
                       file=top)
         self.weight_maps.enter(model.body)
         self.lower_body(model.body, scope, True)
+        self._drop_discarded()
         maps = self.weight_maps.finish(model.body, scope)
         self.sink.raise_if_errors()  # a missing output is often a consequence of an earlier error
         for t in self.tasks:
@@ -257,22 +259,41 @@ class Lowerer:
             if t.name in RESERVED_NAMES:
                 raise self.error(t.loc, f"'{t.name}' is reserved and cannot be assigned")
         names = [self._node_name(t, scope) for t in stmt.targets]
+        kept = [n for t, n in zip(stmt.targets, names) if not _discards(t)]
         if _makes_nodes(stmt.value):  # its target names them: checked here, at the target
-            for t, name in zip(stmt.targets, names):
-                if not (t.name == "_" and not t.indices):
+            for name, t in zip(names, stmt.targets):
+                if not _discards(t):
                     self.names.check(name, t.loc)
-        value = self.ev.eval(stmt.value, scope, node_name=names[0], shape=stmt)
+        # the nodes are named after the first name kept (`_, attn = ...`: attn)
+        value = self.ev.eval(stmt.value, scope, node_name=(kept or names)[0], shape=stmt)
         values = list(value) if isinstance(value, tuple) else [value]
         if len(stmt.targets) != len(values):
             raise self.error(stmt.loc, f"{len(stmt.targets)} names on the left but the right side "
                                        f"gives {len(values)} value{'s' if len(values) != 1 else ''}")
         for t, v in zip(stmt.targets, values):
-            if t.name == "_" and not t.indices:
+            if _discards(t):
+                self.discarded.append(v)
                 continue
             if t.indices:
                 self._bind_entry(t, v, scope)
             else:
                 self._bind_name(scope, t.name, v, t.loc)
+
+    def _drop_discarded(self) -> None:
+        """`_` discards a result (docs/language.md): the nodes that only compute discarded
+        results of a user block (`y, _ = my_block(x)`) are left out of the graph, not reported
+        as never used. A node an output or a kept value needs stays."""
+        refs = [r for v in self.discarded for r in _graph_refs(v)]
+        if not refs:
+            return
+        nodes = {n.name: n for n in self.calls.nodes}
+        feeding = _ancestors([r.node for r in refs], nodes)
+        # kept: what the outputs read, and what every other node reads (an unused one is
+        # still reported, so its inputs must stay)
+        needed = _ancestors([o.value.node for o in self.outputs] +
+                            [n for n in nodes if n not in feeding], nodes)
+        drop = feeding - needed
+        self.calls.nodes[:] = [n for n in self.calls.nodes if n.name not in drop]
 
     def _bind_entry(self, t: ast.Target, v: Any, scope: Scope) -> None:
         """``d[k] = v`` (or ``c[t][s] = v``): an entry of a family, created on first use."""
@@ -347,3 +368,28 @@ def _makes_nodes(expr: ast.Expr) -> bool:
     """A call of a block (not of a built-in function): its nodes are named after the target."""
     return isinstance(expr, ast.CallExpr) and not (
         isinstance(expr.callee, ast.Name) and expr.callee.name in BUILTIN_FUNCTIONS)
+
+
+def _discards(t: ast.Target) -> bool:
+    return t.name == "_" and not t.indices and t.attr is None
+
+
+def _graph_refs(value: Any) -> list:
+    if isinstance(value, GraphValue):
+        return [value.ref]
+    if isinstance(value, Family):
+        return [r for v in value.items.values() for r in _graph_refs(v)]
+    return []
+
+
+def _ancestors(start: list[str], nodes: dict) -> set[str]:
+    """The named nodes and every node they read, transitively."""
+    seen: set[str] = set()
+    stack = list(start)
+    while stack:
+        name = stack.pop()
+        if name in seen or name not in nodes:
+            continue
+        seen.add(name)
+        stack.extend(r.node for r in nodes[name].refs())
+    return seen
