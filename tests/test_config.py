@@ -235,6 +235,15 @@ def test_a_plugin_that_is_no_module_path_is_an_error_at_its_entry(tmp_path):
                        f"module path such as my_package.blocks, got '3d.x'")
 
 
+def test_an_empty_storage_is_refused_not_the_working_folder(tmp_path):
+    """`--storage ''` wrote the run folder straight into the working folder."""
+    message = _error(tmp_path, "run:\n  storage: ''\n")
+    assert message == (f"{tmp_path / 'run.yaml'}:2:3: error: key 'run.storage': empty; give a "
+                       f"folder (default: runs) or a URI such as s3://bucket/prefix")
+    assert _cli_error("train", "baseline_mt", "--storage", "").startswith(
+        "--storage '': error: key 'run.storage': empty")
+
+
 def test_unknown_key_without_a_close_match_lists_the_keys_of_its_section(tmp_path):
     message = _error(tmp_path, "schedule:\n  wobble: 3\n")
     assert ":2:3: error: unknown key 'schedule.wobble'" in message

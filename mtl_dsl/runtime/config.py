@@ -292,6 +292,10 @@ def _check_storage(config: RunConfig, sources: list[Source]) -> None:
     from .storage import refuse_secrets, scheme_of
 
     storage, endpoint = config.run.storage, config.run.storage_endpoint
+    if not storage.strip():  # '' would be the working folder itself, run folders strewn in it
+        raise _error_at(sources, ("run", "storage"),
+                        "key 'run.storage': empty; give a folder (default: runs) or a URI such "
+                        "as s3://bucket/prefix")
     try:
         refuse_secrets(storage, "run.storage")
     except UsageError as exc:
