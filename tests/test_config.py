@@ -244,6 +244,20 @@ def test_an_empty_storage_is_refused_not_the_working_folder(tmp_path):
         "--storage '': error: key 'run.storage': empty")
 
 
+def test_our_validators_speak_without_pydantic_s_prefix_or_a_repeated_value(tmp_path):
+    """Before: "key 'tune.budget': Value error, budget: ... got '2 hours' (got '2 hours')" and
+    "key 'tune.search.dim.list[any]'" (a member of a union in the key)."""
+    message = _error(tmp_path, "tune:\n  budget: 2 hours\n")
+    assert message == (f"{tmp_path / 'run.yaml'}:2:3: error: key 'tune.budget': budget: expected "
+                       f"seconds or a duration such as 2h, 30m or 1h30m, got '2 hours'")
+    message = _error(tmp_path, "tune:\n  search:\n    dim:\n      a: 1\n")
+    assert message == (f"{tmp_path / 'run.yaml'}:3:5: error: key 'tune.search.dim': Input should "
+                       f"be a valid list (got {{'a': 1}})")
+    message = _error(tmp_path, "tune:\n  search:\n    dim: \"randint(8)\"\n")
+    assert message.endswith("key 'tune.search.dim': randint(lo, hi) takes 2 numbers, got 1 "
+                            "(got 'randint(8)')")
+
+
 def test_unknown_key_without_a_close_match_lists_the_keys_of_its_section(tmp_path):
     message = _error(tmp_path, "schedule:\n  wobble: 3\n")
     assert ":2:3: error: unknown key 'schedule.wobble'" in message

@@ -227,9 +227,9 @@ def _unknown_key(loc: tuple) -> tuple[str, str]:
 
 def _validation_error(exc: ValidationError, sources: list[Source], data: dict) -> UsageError:
     err = exc.errors()[0]
-    loc = tuple(err["loc"])
-    # pydantic names the member of a union it tried (tasks.str); the key is what the user wrote
-    loc = tuple(p for p in loc if p not in ("str", "list[str]"))
+    # pydantic names the member of a union it tried (tasks.str, search.dim.list[any]); the key
+    # is what the user wrote
+    loc = tuple(p for p in err["loc"] if not _union_member(p))
     dotted = ".".join(str(p) for p in loc)
     hint = ""
     if err["type"] == "extra_forbidden":
@@ -238,8 +238,17 @@ def _validation_error(exc: ValidationError, sources: list[Source], data: dict) -
         message = f"missing key '{dotted}'"
     else:
         got = _lookup_value(data, loc)
-        message = f"key '{dotted}': {err['msg']}" + (f" (got {got!r})" if got is not _MISSING else "")
+        said = err["msg"]
+        if err["type"] == "value_error":  # our own validator's words, without pydantic's prefix
+            said = str(err.get("ctx", {}).get("error", said.removeprefix("Value error, ")))
+        quoted = got is _MISSING or repr(got) in said or (isinstance(got, str) and got in said)
+        message = f"key '{dotted}': {said}" + ("" if quoted else f" (got {got!r})")
     return _error_at(sources, loc, message, hint)
+
+
+def _union_member(part: object) -> bool:
+    return isinstance(part, str) and (part in ("str", "int", "float", "bool") or "[" in part or
+                                      part.startswith("function-"))
 
 
 def _check_semantics(config: RunConfig, sources: list[Source], check_paths: bool) -> None:
