@@ -197,16 +197,40 @@ class _Checker:
         for n in self.ir.nodes:
             if n.name not in live and n.name in self.types:
                 groups.setdefault(n.trace[0] if n.trace else n.loc, []).append(n)
+        # a statement whose nodes only unused nodes of other statements read is a consequence of
+        # those (`x = f(lo)` left unused leaves `lo` unused): named in their error, not its own
+        statement = {n.name: loc for loc, nodes in groups.items() for n in nodes}
+        read_elsewhere = {r.node for loc, nodes in groups.items() for n in nodes
+                          for r in n.refs() if statement.get(r.node, loc) != loc}
         for loc, dead in groups.items():
+            if all(n.name in read_elsewhere for n in dead):
+                continue
             first = dead[0]
-            notes = ()
+            notes: tuple[str, ...] = ()
             if len(dead) > 1:
                 shown = ", ".join(f"{n.name} ({n.block})" for n in dead[1:4])
                 more = f" and {len(dead) - 4} more" if len(dead) > 4 else ""
                 notes = (f"{len(dead) - 1} more node{'s' if len(dead) > 2 else ''} of this "
                          f"statement {'are' if len(dead) > 2 else 'is'} unused too: {shown}{more}",)
+            upstream = self._only_read_by(dead, statement, loc)
+            if upstream:
+                notes += ("so is what only it reads: " + ", ".join(upstream[:3]) +
+                          (f" and {len(upstream) - 3} more" if len(upstream) > 3 else ""),)
             self.error(loc, f"node '{first.name}' ({first.block}) is never used: no output "
                             f"depends on it", "remove it, or feed it into an output", notes)
+
+    def _only_read_by(self, dead: list[Node], statement: dict, loc: SourceLoc) -> list[str]:
+        """The unused nodes of other statements that ``dead`` reads, transitively."""
+        found: list[str] = []
+        stack = [r.node for n in dead for r in n.refs()]
+        while stack:
+            name = stack.pop()
+            if name not in statement or statement[name] == loc or name in found:
+                continue
+            found.append(name)
+            stack.extend(r.node for r in self.nodes[name].refs())
+        index = {n.name: i for i, n in enumerate(self.ir.nodes)}
+        return [self.where(name) for name in sorted(found, key=index.__getitem__)]
 
 
 class _Skip(Exception):

@@ -191,3 +191,16 @@ def test_a_kept_result_that_is_unused_is_still_reported_with_what_it_reads(tmp_p
     assert (d.line, d.message) == (9, "node 'a.y' (conv_bn_act) is never used: no output "
                                       "depends on it")
     assert d.notes == ("1 more node of this statement is unused too: a.a (conv_bn_act)",)
+
+
+def test_what_only_an_unused_statement_reads_is_named_in_its_error_not_its_own(tmp_path):
+    """A mutation of a probe spec (`x = fuse(lo, ...)` renamed `xx = ...`) gave two errors, the
+    second for `lo`, which only `xx` read."""
+    path = tmp_path / "spec.mtl"
+    d = only_error(tmp_path, HEAD + "  x = conv_bn_act(images, dim, stride = 4)\n"
+                   "  lo = conv_bn_act(x, dim)\n  mid = relu(lo)\n  xx = conv_bn_act(mid, dim)\n"
+                   "  for t in tasks {\n    out[t] = dense_head(x, task = t)\n  }\n}\n")
+    assert (d.line, d.message) == (5, "node 'xx' (conv_bn_act) is never used: no output "
+                                      "depends on it")
+    assert d.notes == (f"so is what only it reads: node 'lo' (conv_bn_act) at {path}:3, "
+                       f"node 'mid' (relu) at {path}:4",)
