@@ -253,6 +253,11 @@ def test_our_validators_speak_without_pydantic_s_prefix_or_a_repeated_value(tmp_
     message = _error(tmp_path, "tune:\n  search:\n    dim:\n      a: 1\n")
     assert message == (f"{tmp_path / 'run.yaml'}:3:5: error: key 'tune.search.dim': Input should "
                        f"be a valid list (got {{'a': 1}})")
+    # a key of the user's that looks like a union member is still the key (found by mutating
+    # configs/invpt.yaml: 'schedule[:')
+    message = _error(tmp_path, "schedule[:\n  name: poly\n")
+    assert message == (f"{tmp_path / 'run.yaml'}:1:1: error: unknown key 'schedule[' (did you "
+                       f"mean 'schedule'?)")
     message = _error(tmp_path, "tune:\n  search:\n    dim: \"randint(8)\"\n")
     assert message.endswith("key 'tune.search.dim': randint(lo, hi) takes 2 numbers, got 1 "
                             "(got 'randint(8)')")

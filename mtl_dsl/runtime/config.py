@@ -229,7 +229,7 @@ def _validation_error(exc: ValidationError, sources: list[Source], data: dict) -
     err = exc.errors()[0]
     # pydantic names the member of a union it tried (tasks.str, search.dim.list[any]); the key
     # is what the user wrote
-    loc = tuple(p for p in err["loc"] if not _union_member(p))
+    loc = _user_key(tuple(err["loc"]), data)
     dotted = ".".join(str(p) for p in loc)
     hint = ""
     if err["type"] == "extra_forbidden":
@@ -246,9 +246,23 @@ def _validation_error(exc: ValidationError, sources: list[Source], data: dict) -
     return _error_at(sources, loc, message, hint)
 
 
-def _union_member(part: object) -> bool:
-    return isinstance(part, str) and (part in ("str", "int", "float", "bool") or "[" in part or
-                                      part.startswith("function-"))
+def _user_key(loc: tuple, data: Any) -> tuple:
+    """``loc`` without the union members pydantic inserts: a part that is not a key of the
+    data at its place and names a type (``str``, ``list[any]``, ``function-after[...]``)."""
+    out: list = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        elif isinstance(part, str) and (part in ("str", "int", "float", "bool") or "[" in part
+                                        or part.startswith("function-")):
+            continue
+        else:
+            node = None
+        out.append(part)
+    return tuple(out)
 
 
 def _check_semantics(config: RunConfig, sources: list[Source], check_paths: bool) -> None:
