@@ -204,3 +204,16 @@ def test_what_only_an_unused_statement_reads_is_named_in_its_error_not_its_own(t
                                       "depends on it")
     assert d.notes == (f"so is what only it reads: node 'lo' (conv_bn_act) at {path}:3, "
                        f"node 'mid' (relu) at {path}:4",)
+
+
+@pytest.mark.parametrize("value,message", [
+    (True, "parameter 'dim' must be int, got bool (true)"),
+    (None, "argument 'channels' of 'conv_bn_act': expected int, got none"),
+])
+def test_values_are_spelt_as_in_a_spec_in_messages(tmp_path, value, message):
+    """Before: 'got bool (True)', 'got NoneType (None)': Python's words, not the language's."""
+    path = tmp_path / "spec.mtl"
+    path.write_text(HEAD + BODY)
+    with pytest.raises(SpecError) as info:
+        check_spec(path, tasks="semseg", input_size=(32, 32), overrides={"dim": value})
+    assert info.value.diagnostics[0].message == message

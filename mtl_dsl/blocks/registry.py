@@ -95,7 +95,8 @@ class Param:
         if value is None and self.default is None:
             return None
         if not _is_type(value, self.type):
-            return f"expected {self.type_name()}, got {_value_type_name(value)} {_short(value)}"
+            got = "none" if value is None else f"{_value_type_name(value)} {_short(value)}"
+            return f"expected {self.type_name()}, got {got}"
         if self.type is list and self.item_type is not None:
             for item in value:
                 if not _is_type(item, self.item_type):
@@ -129,15 +130,21 @@ def _is_type(value: Any, t: Any) -> bool:
     return isinstance(value, t)
 
 
+_SPELLING = {True: "true", False: "false", None: "none"}
+
+
 def _value_type_name(value: Any) -> str:
     if isinstance(value, bool):
         return "bool"
+    if value is None:
+        return "none"
     return {int: "int", float: "float", str: "str", list: "list", dict: "dict"}.get(type(value),
                                                                                type(value).__name__)
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
+    """A value as a message quotes it, spelt as in a spec (true, false, none)."""
+    text = _SPELLING.get(value, repr(value)) if isinstance(value, (bool, type(None))) else repr(value)
     return f"({text[:40]}...)" if len(text) > 43 else f"({text})"
 
 

@@ -195,8 +195,10 @@ def type_name(v: Any) -> str:
 
 
 def short(value: Any) -> str:
-    """A value as a message quotes it: its repr in parentheses, cut after 40 characters."""
-    text = repr(value)
+    """A value as a message quotes it: its repr in parentheses, cut after 40 characters; true,
+    false and none spelt as in a spec."""
+    text = {True: "true", False: "false"}.get(value, repr(value)) if isinstance(value, bool) \
+        else "none" if value is None else repr(value)
     return f"({text[:40]}...)" if len(text) > 43 else f"({text})"
 
 
