@@ -7,7 +7,7 @@ that no output depends on are rejected (dead branches). Pure Python: no torch.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .blocks import REGISTRY
@@ -46,7 +46,30 @@ class _Checker:
         self.sink = sink
         self.types: dict[str, tuple[Any, ...]] = {IMAGES: (image_type(),)}
         self.nodes = {n.name: n for n in ir.nodes}
+        self._misuses: dict[tuple[str, str], tuple[int, SourceLoc, list[str]]] = {}
         self.calls: dict[str, Call] = {}
+
+    def _misused_again(self, src: str, kind: str, loc: SourceLoc) -> bool:
+        """One value of the wrong kind (`x = feats` for `x = upsample_concat(feats)`) given to
+        several calls is one mistake: reported at its first use, the others listed there. (The
+        same place again, once per task, is counted by the sink's folding.)"""
+        first = self._misuses.get((src, kind))
+        if first is None:
+            self._misuses[(src, kind)] = (len(self.sink.items), loc, [])
+            return False
+        if (loc.file, loc.line, loc.column) == (first[1].file, first[1].line, first[1].column):
+            return False
+        first[2].append(f"{loc.file}:{loc.line}")
+        return True
+
+    def _note_misuses(self) -> None:
+        for index, _, places in self._misuses.values():
+            places = list(dict.fromkeys(places))
+            if places and index < len(self.sink.items):
+                d = self.sink.items[index]
+                note = (f"the same value is given at {len(places)} more place"
+                        f"{'s' if len(places) > 1 else ''}: {', '.join(places)}")
+                self.sink.items[index] = replace(d, notes=d.notes + (note,))
 
     def error(self, loc: SourceLoc, message: str, hint: str = "", notes: tuple[str, ...] = ()):
         self.sink.error(loc, message, hint, notes)
@@ -103,11 +126,13 @@ class _Checker:
                     continue
                 if not spec.accepts(t):
                     src = self.producer(node.inputs[arg_name])
+                    bad = True
+                    if self._misused_again(src, kind_name(t), node.loc):
+                        continue
                     self.error(node.loc, f"argument '{arg_name}' of '{node.block}' takes a "
                                          f"{spec.type_name()}, but gets a {kind_name(t)} "
                                          f"{t.shape_str()}",
                                notes=(f"the value comes from {self.where(src)}",))
-                    bad = True
             if bad:
                 continue
             call = Call(node=node.name, block=node.block, inputs=inputs, params=dict(node.params),
@@ -131,6 +156,7 @@ class _Checker:
                 self._check_assertion(node, outs[0], size)
         self._check_outputs(size)
         self._check_dead()
+        self._note_misuses()
         self.sink.raise_if_errors()
         return CheckedGraph(self.ir, self.types, self.calls)
 

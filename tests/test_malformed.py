@@ -217,3 +217,17 @@ def test_values_are_spelt_as_in_a_spec_in_messages(tmp_path, value, message):
     with pytest.raises(SpecError) as info:
         check_spec(path, tasks="semseg", input_size=(32, 32), overrides={"dim": value})
     assert info.value.diagnostics[0].message == message
+
+
+def test_one_value_of_the_wrong_kind_given_to_several_calls_is_one_error(tmp_path):
+    """A mutation of specs/atrc_pascal_hrnet18.mtl (`x = upsample_concat(feats)` -> `x = (feats)`)
+    gave one error per call that reads x."""
+    path = tmp_path / "spec.mtl"
+    d = only_error(tmp_path, HEAD + "  feats = backbone(\"resnet18\", levels = [1, 2])\n"
+                   "  x = feats\n  a = conv_bn_act(x, dim)\n  b = relu(x)\n  c = linear(x, dim)\n"
+                   "  for t in tasks {\n    out[t] = dense_head(a + b + c, task = t)\n  }\n}\n")
+    assert (d.line, d.column) == (4, 7)
+    assert d.message.startswith("argument 'x' of 'conv_bn_act' takes a map, but gets a "
+                                "multi-scale list")
+    assert d.notes == (f"the value comes from node 'feats' (backbone) at {path}:2",
+                       f"the same value is given at 2 more places: {path}:5, {path}:6")
