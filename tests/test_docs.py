@@ -48,3 +48,17 @@ def test_a_registered_doc_block_compiles_in_a_spec(tmp_path):
         assert len(gates) == 1 and gates[0].conv.kernel_size == (3, 3)
     finally:
         del REGISTRY["gate"]
+
+
+def test_the_language_reference_opening_example_checks(tmp_path):
+    """docs/language.md's first example is a whole spec: it imported a file that does not exist
+    ("common.mtl") and gave task_interaction tokens where it takes the per-task collection."""
+    text = re.findall(r"```\n(.*?)```", (DOCS / "language.md").read_text(), re.S)[0]
+    assert text.startswith("# DeMT") and "model demt(" in text
+    spec = tmp_path / "demt_doc.mtl"
+    spec.write_text(text)
+    from mtl_dsl.api import check_spec
+
+    graph = check_spec(spec, tasks="semseg:5,depth", input_size=(64, 64))
+    assert graph.types["f"][0].__class__.__name__ == "TaskMap"
+    assert [o.task for o in graph.ir.outputs] == ["semseg", "depth"]
