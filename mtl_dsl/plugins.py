@@ -63,11 +63,12 @@ def failures() -> list[str]:
     return list(_failures)
 
 
-def load_plugins(modules: Iterable[str], origin: str = "--plugin") -> list[str]:
+def load_plugins(modules: Iterable[str] | str | None, origin: str = "--plugin") -> list[str]:
     """Import the named plugin modules (``--plugin``, the run config's ``plugins``); raises a
     ``SpecError`` naming the module and the real error. Returns the modules loaded so far."""
     _library()
-    modules = list(modules)
+    # one module named as a string, or None, as the API's other optional arguments take it
+    modules = [modules] if isinstance(modules, str) else list(modules or ())
     if modules:
         _working_folder_on_path()
     for name in modules:

@@ -175,6 +175,20 @@ def test_a_plugin_in_the_working_folder_loads_through_the_console_script(tmp_pat
         "--plugin: error: cannot load plugin 'not_here_blocks': ModuleNotFoundError")
 
 
+def test_the_api_takes_one_plugin_as_a_string_and_none_as_no_plugin(tmp_path, monkeypatch):
+    """plugins="my_blocks" imported the modules 'm', 'y', '_', ...; plugins=None raised
+    TypeError, where the API's other optional arguments take None."""
+    from mtl_dsl.api import check_spec
+
+    (tmp_path / "str_blocks.py").write_text(BLOCKS.format(prefix="strp"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = write_spec(tmp_path, "strp", "gate")
+    graph = check_spec(spec, tasks="semseg,depth", input_size=(32, 32), plugins="str_blocks")
+    assert graph.ir.node("y").block == "strp_gate"
+    assert check_spec("baseline_mt", tasks="depth", input_size=(32, 32),
+                      overrides={"backbone": "resnet18"}, plugins=None).ir.name == "baseline_mt"
+
+
 @pytest.mark.parametrize("module,text,message", [
     ("no_such_module", None, "cannot load plugin 'no_such_module': ModuleNotFoundError"),
     ("raising_plugin", "import os\nraise ImportError('needs the gpu extras')\n",
