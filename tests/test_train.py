@@ -138,6 +138,27 @@ def test_nan_loss_stops_naming_task_and_step_and_keeps_last_checkpoint(tmp_path)
     assert all(len(g["params"]) for g in last.meta["optimizer"]["main"]["param_groups"])
 
 
+class PooledNet(TinyNet):
+    """TinyNet whose BatchNorm sees a 1x1 map (a stride-32 level of a 32x32 input)."""
+
+    def __init__(self, profile, input_size):
+        super().__init__(profile, input_size)
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 32, 32), nn.BatchNorm2d(8), nn.ReLU())
+
+
+def test_one_image_per_worker_on_a_1x1_batchnorm_is_one_error_naming_the_key(tmp_path):
+    """PyTorch's 'Expected more than 1 value per channel when training' escaped as a traceback
+    (`mtl-dsl train SPEC --plain --input 8x8 --set training.batch_size=1`)."""
+    cfg = _config(tmp_path, "one", batch_size=1, iterations=2)
+    with pytest.raises(TrainingError) as info:
+        run_training(PooledNet, cfg, plain=True, progress=_quiet)
+    assert str(info.value) == (
+        "training.batch_size: a BatchNorm of the model got one value per channel at step 1 "
+        "(1 image per worker at 32x32: a map of 1x1), which it cannot normalise in training; use "
+        "training.batch_size >= 2 per worker or a larger training.input_size")
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
 @pytest.mark.slow
 def test_ray_two_workers_recover_from_a_worker_crash_and_eval_loads_the_checkpoint(tmp_path, capsys):
     """One Ray start: 2 CPU workers (gloo DDP), rank 1 killed after step 5 -> Ray Train restarts the

@@ -313,6 +313,16 @@ def count_skipped(run: Run, batch: dict) -> None:
                 run.session.emit({"kind": "note", "text": f"skipped an unreadable sample: {text}"})
 
 
+def _one_value_per_channel(images: torch.Tensor, step: int) -> str:
+    """PyTorch's BatchNorm refuses to train on one value per channel: one image per worker
+    whose map has shrunk to 1x1 (a stride-32 level of a small input)."""
+    n, _, h, w = images.shape
+    return (f"training.batch_size: a BatchNorm of the model got one value per channel at step "
+            f"{step} ({n} image{'s' if n != 1 else ''} per worker at {h}x{w}: a map of 1x1), which "
+            f"it cannot normalise in training; use training.batch_size >= 2 per worker or a "
+            f"larger training.input_size")
+
+
 def train_step(run: Run, batch: dict) -> None:
     """One optimisation step on ``batch``; stops the run on a non-finite loss."""
     cfg, session, tasks = run.cfg, run.session, run.tasks
@@ -326,7 +336,12 @@ def train_step(run: Run, batch: dict) -> None:
     if not run.fusion_tuned:
         tune_fusion_once(run, images)
     with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
-        total, losses = run.train_module(images, targets)
+        try:
+            total, losses = run.train_module(images, targets)
+        except ValueError as exc:
+            if "more than 1 value per channel" not in str(exc):
+                raise
+            raise TrainingError(_one_value_per_channel(images, run.step + 1)) from None
     values = torch.stack([losses[t].detach().float() for t in tasks] + [total.detach().float()])
     for callback in run.callbacks:
         callback.on_losses(run, values)
