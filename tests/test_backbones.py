@@ -269,6 +269,42 @@ def test_safetensors_round_trip(tmp_path):
     assert torch.equal(loaded.body.conv1.weight, source.body.conv1.weight)
 
 
+
+def test_a_whole_timm_models_state_dict_loads_as_the_block_doc_says(tmp_path):
+    """`pretrained` takes "the timm model's" state_dict: timm.create_model(name).state_dict()
+    holds the classifier and stages features_only does not build (ResNet's fc and layer3-4 for
+    levels [1, 2]) and Swin's stages as layers.N (features_only: layers_N); timm drops / renames
+    them when it loads its own weights, so must we."""
+    import timm
+
+    torch.manual_seed(3)
+    whole = timm.create_model("resnet18")
+    path = tmp_path / "resnet18_whole.safetensors"
+    save_file(whole.state_dict(), str(path))
+    _, loaded = build_backbone("resnet18", levels=[1, 2], pretrained=str(path))
+    assert torch.equal(loaded.body.layer2[1].conv2.weight, whole.layer2[1].conv2.weight)
+    assert not any("fc." in k or "layer3" in k for k in loaded.state_dict())
+
+    tiny = dict(embed_dim=8, depths=(1, 2, 1, 2), num_heads=(1, 1, 1, 1))
+    swin = timm.create_model("swin_tiny_patch4_window7_224", img_size=(64, 64),
+                             always_partition=True, strict_img_size=False, **tiny)
+    swin_path = tmp_path / "swin_whole.safetensors"
+    save_file(swin.state_dict(), str(swin_path))
+    with pytest.raises(SpecError) as err:  # the mmseg output norms are not in a timm model
+        create_backbone("swin_tiny_patch4_window7_224", "swin", [1, 2, 3, 4], img_size=(64, 64),
+                        output_norms=True, pretrained=str(swin_path), **tiny)
+    assert "8 missing keys: output_norms.0.bias, output_norms.0.weight" in str(err.value)
+    assert "unexpected" not in str(err.value)
+    loaded = create_backbone("swin_tiny_patch4_window7_224", "swin", [1, 2, 3, 4],
+                             img_size=(64, 64), pretrained=str(swin_path), **tiny)
+    assert torch.equal(loaded.body.layers_3.blocks[1].attn.qkv.weight,
+                       swin.layers[3].blocks[1].attn.qkv.weight)
+
+    other = tmp_path / "resnet34_whole.safetensors"  # another model's weights stay an error
+    save_file(timm.create_model("resnet34").state_dict(), str(other))
+    with pytest.raises(SpecError, match="unexpected keys: body.layer1.2.bn1.bias"):
+        build_backbone("resnet18", levels=[1, 2], pretrained=str(other))
+
 def test_vit_position_table_is_resampled_to_the_input_size(tmp_path):
     torch.manual_seed(2)
     _, square = build_backbone("test_vit", size=(64, 64), levels=[2, 6])  # 4x4 (+cls) table

@@ -297,8 +297,10 @@ class Backbone(Block):
                                      "(timm.create_model(pretrained=True): the Hugging Face "
                                      "cache, HF_HOME and HF_HUB_OFFLINE=1 honoured); or the path "
                                      "of a local .safetensors file holding this block's "
-                                     "state_dict (or the timm model's, without the `body.` "
-                                     "prefix); keys and shapes must match exactly, except a "
+                                     "state_dict, or the whole timm model's "
+                                     "(timm.create_model(name).state_dict(): what features_only "
+                                     "does not build, the classifier, is left out as timm does); "
+                                     "keys and shapes must match exactly, except a "
                                      "ViT position table, resampled to the input size. Empty: "
                                      "random init"),
         "hrnet_fusion": Param(str, None, "HRNet: \"bilinear\" (default) fuses branches with a "

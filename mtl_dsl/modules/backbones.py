@@ -19,6 +19,7 @@ What differs from a plain ``timm.create_model(..., features_only=True)``, and wh
 from __future__ import annotations
 
 import os
+import re
 from typing import Sequence
 
 import timm
@@ -184,8 +185,39 @@ def create_backbone(name: str, family: str, levels: Sequence[int], *, in_chans: 
         indices = list(out_indices) if out_indices is not None else levels
         model = FeaturesBackbone(_create(name, dict(kwargs, features_only=True, out_indices=indices)))
     if pretrained and not from_timm:
-        load_safetensors(model, pretrained)
+        load_safetensors(model, pretrained,
+                         timm_model=lambda: _full_timm_keys(name, dict(in_chans=in_chans,
+                                                                       **timm_kwargs)))
     return model
+
+
+def _full_timm_keys(name: str, kwargs: dict) -> set[str]:
+    """The state_dict keys of the whole timm model ``name`` (classifier and every stage), built on
+    the meta device: what ``timm.create_model(name).state_dict()`` saves."""
+    try:
+        with torch.device("meta"):
+            return set(timm.create_model(name, pretrained=False, **kwargs).state_dict())
+    except Exception:  # noqa: BLE001 - a model that cannot be built whole: no translation
+        return set()
+
+
+def _from_timm_names(state: dict[str, torch.Tensor], expected: dict, full: set[str]
+                     ) -> dict[str, torch.Tensor]:
+    """A whole timm model's state_dict in the backbone's names, as timm itself loads pretrained
+    weights into a ``features_only`` model: each key under ``body.``, a stage that timm's feature
+    wrapper flattens renamed as it does (``layers.0.`` -> ``layers_0.``, Swin), and the tensors of
+    what ``features_only`` does not build (the classifier, stages after the last level, HRNet's
+    classification neck) left out. Keys of neither kind stay, and are reported as unexpected."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        flat = re.sub(r"^([A-Za-z_]\w*)\.(\d+)\.", r"\1_\2.", key)
+        if key in expected or f"body.{key}" in expected:
+            out[key if key in expected else f"body.{key}"] = value
+        elif f"body.{flat}" in expected:
+            out[f"body.{flat}"] = value
+        elif key not in full:
+            out[f"body.{key}"] = value
+    return out
 
 
 def _patch_size(body: nn.Module) -> int:
@@ -226,11 +258,13 @@ def _resample_position_table(model: "ViTBackbone", state: dict[str, torch.Tensor
         table, new_size=list(model.body.patch_embed.grid_size), num_prefix_tokens=prefix)
 
 
-def load_safetensors(model: nn.Module, path: str) -> None:
+def load_safetensors(model: nn.Module, path: str, timm_model=None) -> None:
     """Load ``path`` into ``model``, every key and shape matching exactly.
 
     Keys are those of ``model.state_dict()``; a file written from the timm model alone (keys
-    without the ``body.`` prefix, e.g. a converted mmseg HRNet checkpoint) is accepted too.
+    without the ``body.`` prefix, e.g. a converted mmseg HRNet checkpoint, or
+    ``timm.create_model(name).state_dict()`` whole) is accepted too: ``timm_model()`` gives the
+    whole timm model's keys, whose tensors a ``features_only`` backbone does not hold are left out.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -245,7 +279,7 @@ def load_safetensors(model: nn.Module, path: str) -> None:
                                  f"file?): {e}") from e
     expected = model.state_dict()
     if not any(k.startswith("body.") for k in state):
-        state = {k if k in expected else f"body.{k}": v for k, v in state.items()}
+        state = _from_timm_names(state, expected, timm_model() if timm_model else set())
     if isinstance(model, ViTBackbone):
         _resample_position_table(model, state)
     missing = sorted(set(expected) - set(state))
