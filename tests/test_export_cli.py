@@ -105,6 +105,28 @@ def test_mistakes_exit_2_with_one_message(checkpoint, tmp_path, monkeypatch, cap
     assert not list(tmp_path.glob("m.*"))
 
 
+
+def test_an_output_path_that_cannot_be_written_is_one_error_before_compiling(
+        checkpoint, tmp_path, monkeypatch, capsys):
+    """A folder, a path under a file, an unwritable place, or a suffix that contradicts --format:
+    one located -o / --format error, exit 2, no traceback (the exporters' own OSError was one)."""
+    path, _ = checkpoint
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "afile").write_text("")
+    for flags, message in [
+            (["-o", "adir", "--format", "onnx"], "-o: error: adir is a folder, not a file"),
+            (["-o", "afile/sub/m.pt2"], "-o: error: cannot write afile/sub/m.pt2: afile is a "
+                                        "file, not a folder"),
+            (["-o", "/proc/m.pt2"], "-o: error: cannot write /proc/m.pt2: "),
+            (["-o", "m.onnx", "--format", "pt2"], "--format: error: --format pt2 but -o names "
+                                                  "a .onnx file: 'm.onnx'")]:
+        assert main(["export", "baseline_mt", "--checkpoint", str(path), *flags]) == 2, flags
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (flags, err)
+        assert len([line for line in err.splitlines() if "error:" in line]) == 1
+    assert not list(tmp_path.glob("m.*")) and not list((tmp_path / "adir").iterdir())
+
 def test_export_of_an_official_checkpoint_file(tmp_path, capsys):
     """--weights: the official file read through the spec's weights map, as `eval --weights`; the
     exported program holds the file's tensors."""

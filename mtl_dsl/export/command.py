@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +69,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     if fmt is None:
         raise simple_error("--format", f"cannot tell the format from '{args.output}'",
                            hint="give --format onnx or --format pt2 (or name the file .onnx / .pt2)")
+    suffix = {".onnx": "onnx", ".pt2": "pt2"}.get(path.suffix.lower())
+    if suffix is not None and suffix != fmt:
+        raise simple_error("--format", f"--format {fmt} but -o names a .{suffix} file: "
+                                       f"'{args.output}'",
+                           hint=f"name the file .{fmt}, or drop --format")
     if args.tolerance is not None and not args.tolerance > 0:
         raise simple_error("--tolerance", f"the tolerance must be positive, got {args.tolerance}")
+    check_writable(path, fmt)
     if fmt == "onnx":
         from .formats import require_onnx
 
@@ -95,6 +102,26 @@ def cmd_export(args: argparse.Namespace) -> int:
         return EXIT_CHECK_FAILED
     print(f"description: {result.sidecar}")
     return 0
+
+
+def check_writable(path: Path, fmt: str) -> None:
+    """Refuse, before anything is compiled, an output file that cannot be written: a folder, a
+    path under a file, a folder that cannot be created or written (one ``-o`` error, no
+    traceback)."""
+    from ..errors import simple_error
+
+    if path.is_dir():
+        raise simple_error("-o", f"{path} is a folder, not a file",
+                           hint=f"give a file name, such as {path / ('model.' + fmt)}")
+    above = next((a for a in path.parents if a.exists()), None)
+    if above is not None and not above.is_dir():
+        raise simple_error("-o", f"cannot write {path}: {above} is a file, not a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=True):
+            pass
+    except OSError as e:
+        raise simple_error("-o", f"cannot write {path}: {e.strerror or e}") from None
 
 
 def _summary(model, result, options) -> str:

@@ -76,8 +76,13 @@ def _export(model, path: Path, options: ExportOptions) -> ExportResult:
     description = describe(model, outputs, file_format=fmt.name, title=fmt.title,
                            dynamic_batch=options.dynamic_batch, fp16=options.fp16,
                            normalize=options.normalize, weights=options.weights)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    files = fmt.write(program, example, path, names, description, model, options.dynamic_batch)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        files = fmt.write(program, example, path, names, description, model, options.dynamic_batch)
+    except OSError as e:  # a folder in the way, no space, no permission: said, not a traceback
+        from ..errors import simple_error
+
+        raise simple_error(str(path), f"cannot write {path}: {e.strerror or e}") from None
     seconds = time.perf_counter() - started
     batches = CHECK_BATCHES_DYNAMIC if options.dynamic_batch else (1,)
     try:
