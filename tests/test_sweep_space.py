@@ -209,3 +209,38 @@ def test_statuses_of_tune_trials():
     assert _status(SimpleNamespace(status="TERMINATED"), 4, 4) == "done"
     assert _status(SimpleNamespace(status="TERMINATED"), 2, 4) == "stopped"
     assert _status(SimpleNamespace(status="PENDING"), 0, 4) == "unfinished"
+
+
+TINY_RUN = ("tasks: semseg,depth\nmodel:\n  overrides: {backbone: resnet18, levels: [1, 2]}\n"
+            "training: {iterations: 2, batch_size: 2, input_size: [32, 32]}\n")
+
+
+@pytest.mark.parametrize("tune_lines, flags, expected", [
+    # a setting of the run config's tune: section is named at its YAML key, not at a flag
+    ("tune:\n  search:\n    nope: [1, 2]\n", [],
+     ":7:5: error: key 'tune.search.nope': model 'baseline_mt' has no parameter 'nope' "
+     "(parameters: backbone, dim, levels, pretrained)"),
+    ("tune:\n  search:\n    dim: [8]\n  metric: semseg.nope\n", [],
+     ":8:3: error: key 'tune.metric': unknown metric 'semseg.nope' (did you mean 'semseg/mIoU'?)"),
+    ("tune:\n  search:\n    optimizer.lrr: [0.1]\n", [],
+     ":7:5: error: key 'tune.search.optimizer.lrr': unknown key 'optimizer.lrr' "
+     "(trial values: optimizer.lrr=0.1) (did you mean 'lr'?)"),
+    # the same mistakes as flags keep the flag, with the value and a caret
+    ("", ["--search", "optimizer.lrr=[0.1]"],
+     "--search:1:1: error: unknown key 'optimizer.lrr' (trial values: optimizer.lrr=0.1)"),
+    ("", ["--search", "dim=[8]", "--metric", "semseg.nope"],
+     "--metric:1:1: error: unknown metric 'semseg.nope'"),
+])
+def test_sweep_mistakes_are_located_where_they_were_written(tmp_path, capsys, tune_lines, flags,
+                                                            expected):
+    from mtl_dsl.cli import main
+
+    config = tmp_path / "run.yaml"
+    config.write_text(TINY_RUN + tune_lines)
+    code = main(["tune", "baseline_mt", "--config", str(config), "--plain", "--storage",
+                 str(tmp_path / "runs"), *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    first = err.splitlines()[0]
+    assert first == (str(config) + expected if expected.startswith(":") else expected), err
+    assert not (tmp_path / "runs").exists()

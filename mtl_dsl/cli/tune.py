@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from ..errors import simple_error
@@ -78,11 +79,38 @@ def tune_config(args: argparse.Namespace):
     return cfg.model_copy(update={"tune": TuneSection.model_validate(section)})
 
 
+def locator(args: argparse.Namespace):
+    """``locate(path, message, hint)`` for the sweep's checks: a setting given by a flag
+    (``--search KEY=...``, ``--metric``) is named as typed, one from the run config's ``tune:``
+    section at its YAML key (file, line, column)."""
+    from ..runtime.sweep import flag_error
+    from ..runtime.sweep_space import parse_search_flag
+    from ..runtime.yaml_source import read_yaml_file
+
+    flags = {("tune", "search", parse_search_flag(item).key): ("--search", item)
+             for item in args.search}
+    if args.metric is not None:
+        flags[("tune", "metric")] = ("--metric", args.metric)
+    source = read_yaml_file(Path(args.config))[1] if args.config else None
+
+    def locate(path: tuple, message: str, hint: str = "") -> Exception:
+        if path in flags:
+            flag, typed = flags[path]
+            return simple_error(flag, message, hint, source_line=typed)
+        if source is not None and source.has(path):
+            return source.error(path, f"key '{'.'.join(path)}': {message}"
+                                      + (f" ({hint})" if hint else ""))
+        return flag_error(path, message, hint)
+
+    return locate
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     cfg = tune_config(args)
     from ..runtime.sweep import run_sweep
 
-    result = run_sweep(args.spec, cfg, resume=args.resume, plain=args.plain, verbose=args.verbose)
+    result = run_sweep(args.spec, cfg, resume=args.resume, plain=args.plain, verbose=args.verbose,
+                       locate=locator(args))
     print()
     print(result.table)
     print(f"\nwrote {', '.join(p.name for p in result.files.values())} in {result.experiment_dir}")

@@ -38,6 +38,13 @@ TRIAL_CPU = 0.01  # what the trial of a Ray Train sweep reserves for itself
 FLAG = "--search"
 
 
+def flag_error(path: tuple, message: str, hint: str = "") -> Exception:
+    """The error about the sweep setting ``path`` (``("tune", "search", KEY)``, ``("tune",
+    "metric")``) at its flag; ``mtl-dsl tune`` passes a ``locate`` that names the YAML key of the
+    run config instead when the setting came from there."""
+    return simple_error(FLAG if path[1] == "search" else f"--{path[1]}", message, hint)
+
+
 @dataclass
 class SweepResult:
     experiment_dir: Path
@@ -76,27 +83,34 @@ def _spec_reference(spec: str) -> str:
     return str(path.resolve()) if path.is_file() else spec
 
 
-def _check_names(spec: str, cfg: RunConfig, dims: list[Dimension]) -> None:
+def _check_names(spec: str, cfg: RunConfig, dims: list[Dimension], locate: Callable) -> None:
     """Model parameters and presets the spec has; run-config values the config accepts."""
     from ..api import load_ir
+    from ..errors import SpecError
     from .sweep_trial import trial_config
 
     ir = load_ir(spec, **cfg.model_arguments())
     for dim in dims:
+        where = ("tune", "search", dim.key)
         if dim.target == "model" and dim.key not in ir.params:
-            raise simple_error(FLAG, f"model '{ir.name}' has no parameter '{dim.key}'",
-                               did_you_mean(dim.key, ir.params) or f"parameters: {', '.join(ir.params)}")
+            raise locate(where, f"model '{ir.name}' has no parameter '{dim.key}'",
+                         did_you_mean(dim.key, ir.params) or f"parameters: {', '.join(ir.params)}")
         if dim.target == "preset":
             unknown = [v for v in dim.args if v not in ir.presets]
             if unknown:
-                raise simple_error(FLAG, f"model '{ir.name}' has no preset '{unknown[0]}'",
-                                   f"presets: {', '.join(ir.presets) or 'none'}")
+                raise locate(where, f"model '{ir.name}' has no preset '{unknown[0]}'",
+                             f"presets: {', '.join(ir.presets) or 'none'}")
         if dim.target == "run":
             for value in dim.candidates():
-                trial_config(cfg.dump(), {dim.key: value}, "runs", "check")
+                try:
+                    trial_config(cfg.dump(), {dim.key: value}, "runs", "check")
+                except SpecError as exc:
+                    first = exc.diagnostics[0]
+                    raise locate(where, first.message, first.hint) from None
 
 
-def _objective(cfg: RunConfig, baseline_path: Optional[str]) -> tuple[str, str, str, Optional[dict]]:
+def _objective(cfg: RunConfig, baseline_path: Optional[str], locate: Callable = flag_error
+               ) -> tuple[str, str, str, Optional[dict]]:
     """(metric, the key of Tune's results, mode, baseline) of the sweep."""
     from .metrics import PRIMARY_METRICS, METRIC_DIRECTIONS, BaselineError, load_baseline
 
@@ -119,22 +133,23 @@ def _objective(cfg: RunConfig, baseline_path: Optional[str]) -> tuple[str, str, 
         metric = normalise_metric(name)
     if metric == "delta_m":
         if baseline is None:
-            raise simple_error("--metric", "metric delta_m needs a single-task baseline file "
+            raise locate(("tune", "metric"), "metric delta_m needs a single-task baseline file "
                                "(--baseline st.yaml or tune.baseline)")
         return metric, "delta_m", "max", baseline
     if metric not in METRIC_DIRECTIONS:
-        raise simple_error("--metric", f"unknown metric '{name}'",
+        raise locate(("tune", "metric"), f"unknown metric '{name}'",
                            did_you_mean(metric, METRIC_DIRECTIONS) or
                            f"metrics: delta_m, {', '.join(k.replace('/', '.') for k in METRIC_DIRECTIONS)}")
     if metric.split("/")[0] not in tasks:
-        raise simple_error("--metric", f"metric '{name}' belongs to a task this run does not train "
+        raise locate(("tune", "metric"), f"metric '{name}' belongs to a task this run does not train "
                            f"(tasks: {', '.join(tasks)})")
     mode = "max" if METRIC_DIRECTIONS[metric] == "higher" else "min"
     return metric, f"val/{metric}", mode, baseline
 
 
-def plan_sweep(spec: str, cfg: RunConfig, plain: bool) -> dict:
-    """The sweep as ``sweep_trial.run_trial`` and ``resume`` need it (JSON), after every check."""
+def plan_sweep(spec: str, cfg: RunConfig, plain: bool, locate: Callable = flag_error) -> dict:
+    """The sweep as ``sweep_trial.run_trial`` and ``resume`` need it (JSON), after every check.
+    ``locate(path, message, hint)`` makes the error about a sweep setting (``flag_error``)."""
     from .datasets import check_dataset
 
     try:
@@ -144,8 +159,8 @@ def plan_sweep(spec: str, cfg: RunConfig, plain: bool) -> dict:
     if not dims:
         raise simple_error(FLAG, "nothing to search: give --search KEY=VALUES (e.g. dim=[64,128]) "
                                  "or a tune.search section in the run config")
-    _check_names(spec, cfg, dims)
-    metric, key, mode, baseline = _objective(cfg, cfg.tune.baseline)
+    _check_names(spec, cfg, dims, locate)
+    metric, key, mode, baseline = _objective(cfg, cfg.tune.baseline, locate)
     check_dataset(cfg)
     tune = cfg.tune
     return {"spec": _spec_reference(spec), "config": cfg.dump(),
@@ -299,7 +314,7 @@ def _tuner(sweep: dict, folder: Path, resume: bool, resources: dict):
 
 def run_sweep(spec: str, cfg: RunConfig, *, resume: bool = False, plain: bool = False,
               verbose: bool = False, progress: Callable[[str], None] = print,
-              listeners: Optional[list] = None) -> SweepResult:
+              listeners: Optional[list] = None, locate: Callable = flag_error) -> SweepResult:
     """Run (or with ``resume``, continue) the sweep of ``spec`` over ``cfg.tune``.
 
     ``listeners`` get the trial events (``on_trial_start(trial)``, ``on_trial_result(trial,
@@ -320,7 +335,7 @@ def run_sweep(spec: str, cfg: RunConfig, *, resume: bool = False, plain: bool = 
         sweep = _load_saved(folder, {"search": {d.key: d.text() for d in cfg.tune.dimensions()}})
         cfg = RunConfig.model_validate(sweep["config"])
     else:
-        sweep = plan_sweep(spec, cfg, plain)
+        sweep = plan_sweep(spec, cfg, plain, locate)
     sweep["trials_dir"] = str(folder / TRIALS_DIR)
     if not verbose:
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter is silent at verbose=0
@@ -369,4 +384,4 @@ def _describe(sweep: dict) -> str:
             f"{sweep['iterations']} steps per trial{budget}")
 
 
-__all__ = ["SweepResult", "experiment_dir", "plan_sweep", "run_sweep"]
+__all__ = ["SweepResult", "experiment_dir", "flag_error", "plan_sweep", "run_sweep"]

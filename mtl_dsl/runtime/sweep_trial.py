@@ -78,9 +78,14 @@ def trial_config(base: dict, values: dict[str, Any], storage: str, name: str,
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
+        from .config import _unknown_key
+
         err = exc.errors()[0]
         dotted = ".".join(str(p) for p in err["loc"])
         shown = ", ".join(f"{k}={v!r}" for k, v in values.items())
+        if err["type"] == "extra_forbidden":  # as the run config says it: the section's keys
+            message, hint = _unknown_key(tuple(err["loc"]))
+            raise simple_error("--search", f"{message} (trial values: {shown})", hint) from None
         raise simple_error("--search", f"key '{dotted}': {err['msg']} (trial values: {shown})") from None
 
 
