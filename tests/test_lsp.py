@@ -177,6 +177,23 @@ def test_workspace_setting_chooses_the_task_profile(session, work, capsys):
         assert session.configure({"mtl": {"tasks": TASKS}}, uri)
 
 
+
+def test_a_bad_workspace_setting_is_named_as_the_setting(session, tmp_path):
+    """The editor's user set mtl.input / mtl.tasks; they never typed --input or --tasks."""
+    path = tmp_path / "settings.mtl"
+    path.write_text((Path(__file__).parents[1] / "specs" / "baseline_mt.mtl").read_text())
+    session.open(path)
+    uri = path.resolve().as_uri()
+    try:
+        got = session.configure({"mtl": {"tasks": TASKS, "input": "abc"}}, uri)
+        assert [d.message for d in got] == [
+            "setting mtl.input: expected HxW such as 425x560, got 'abc'"]
+        got = session.configure({"mtl": {"tasks": "bogus"}}, uri)
+        assert len(got) == 1 and got[0].message.startswith("setting mtl.tasks: "), got
+        assert "bogus" in got[0].message and "--tasks" not in got[0].message
+    finally:
+        assert session.configure({"mtl": {"tasks": TASKS}}, uri) == []
+
 # -- hover, completion, definition, symbols, formatting ---------------------------------------
 
 def test_hover_on_a_block_shows_what_mtl_dsl_blocks_prints(session, work, capsys):
@@ -227,6 +244,21 @@ def test_completion_of_blocks_arguments_tasks_parameters_and_imports(session, tm
     assert {"demt_encoder", "mixer_stack", "demt_query"} <= imported
     assert "conv_bn_act" not in imported
 
+
+
+def test_a_position_past_the_end_is_the_end_as_the_protocol_says(session, tmp_path):
+    """An editor may ask about a position of a text newer than the server's: a character past
+    its line's end is the line's end, a line past the last is the document's end (the server
+    answered an internal error, IndexError, for both)."""
+    path = tmp_path / "short.mtl"
+    text = "model m(width: int = 16) {\n  x = conv_bn_act(images, \n"
+    path.write_text(text)
+    session.open(path)
+    past_line = {i.label for i in session.completion(path, 1, 400)}
+    assert {"channels", "kernel", "width"} <= past_line  # inside conv_bn_act( at the line's end
+    past_end = {i.label for i in session.completion(path, 40, 3)}
+    assert {"channels", "upsample_concat", "for"} <= past_end
+    assert session.hover(path, 40, 3) is None
 
 def test_completion_of_a_user_blocks_parameters(session, work):
     path = work / "demt.mtl"

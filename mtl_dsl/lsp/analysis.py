@@ -208,6 +208,10 @@ def message_of(d: Diagnostic) -> str:
                      ([f"hint: {d.hint}"] if d.hint else []))
 
 
+# the command-line flags whose values the server takes from the workspace settings instead
+SETTING_OF_FLAG = {"--tasks": "mtl.tasks", "--input": "mtl.input"}
+
+
 def to_lsp(analysis: Analysis) -> list[lsp.Diagnostic]:
     """The analysis' diagnostics in the protocol's terms. One in another file (an imported
     spec) is shown on the import that brings that file in, naming where it is."""
@@ -218,6 +222,8 @@ def to_lsp(analysis: Analysis) -> list[lsp.Diagnostic]:
                                       severity=lsp.DiagnosticSeverity.Error, source=SOURCE))
             continue
         where = d.file if d.line <= 0 else f"{d.file}:{d.line}:{d.column}"
+        if d.file in SETTING_OF_FLAG:  # the editor's setting, not a flag nobody typed
+            where = f"setting {SETTING_OF_FLAG[d.file]}"
         related = None
         target = analysis.file_of(d.file)
         if target is not None and d.line > 0:

@@ -245,8 +245,13 @@ def _argument_items(analysis: Analysis, name: str, alias: str | None) -> list[ls
 
 
 def _offset(text: str, pos: lsp.Position) -> int:
+    """The text offset of ``pos``; a character past its line's end is the line's end and a line
+    past the document's end is its end, as the protocol says (an editor may ask about a position
+    of a newer text than the server has)."""
     lines = text.split("\n")
-    return sum(len(x) + 1 for x in lines[:pos.line]) + pos.character
+    if pos.line >= len(lines):
+        return len(text)
+    return sum(len(x) + 1 for x in lines[:pos.line]) + min(pos.character, len(lines[pos.line]))
 
 
 def _open_call(text: str, offset: int) -> tuple[str, str | None] | None:
