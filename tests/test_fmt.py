@@ -291,3 +291,21 @@ def test_pre_commit_hooks_run_fmt_on_mtl_files():
     for hook in hooks:
         assert hook["language"] == "python"
         assert re.search(hook["files"], "specs/demt.mtl") and not re.search(hook["files"], "a.py")
+
+
+def test_a_width_below_one_and_a_folder_without_specs_are_errors(tmp_path, capsys):
+    """--width 0 or -5 laid a spec out one token per line and exited 0; a folder holding no
+    .mtl file (a mistyped one) formatted nothing and said nothing."""
+    spec = tmp_path / "g.mtl"
+    spec.write_text(SPECS["demt.mtl"])
+    for width in ("0", "-5"):
+        assert main(["fmt", "--width", width, str(spec)]) == 2
+        assert capsys.readouterr().err == (f"--width: error: the width must be a positive number "
+                                           f"of columns, got {width}\n")
+    assert spec.read_text() == SPECS["demt.mtl"]
+    empty = tmp_path / "nothing_here"
+    empty.mkdir()
+    assert main(["fmt", str(empty), str(spec)]) == 2  # the other names are still formatted
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"{empty}: error: no .mtl file in the folder {empty}",
+                                "0 files reformatted, 1 unchanged"]

@@ -1,8 +1,8 @@
 """``mtl-dsl fmt``: lay spec files out in the canonical layout (``mtl_dsl.fmt``).
 
 Exit status: 0 every file is (now) formatted; 1 with ``--check``, some file would change; 2 a file
-could not be read or parsed (its errors printed as ``check`` prints them; the other files are
-still formatted).
+could not be read or parsed, or a folder named holds no .mtl file (its errors printed as ``check``
+prints them; the other files are still formatted), or ``--width`` is below 1.
 """
 from __future__ import annotations
 
@@ -26,9 +26,21 @@ def _files(names: list[str]) -> Iterator[Path | None]:
             continue
         path = Path(name)
         if path.is_dir():
-            yield from sorted(path.rglob("*.mtl"))
+            found = sorted(path.rglob("*.mtl"))
+            if not found:  # a mistyped or wrong folder formats nothing: say so
+                raise SpecError(Diagnostic(str(path), 0, 0, f"no .mtl file in the folder {path}"))
+            yield from found
         else:
             yield path
+
+
+def _paths(names: list[str]) -> Iterator[Path | None | SpecError]:
+    """``_files`` of each name, a name's error in its place (the other names still formatted)."""
+    for name in names:
+        try:
+            yield from list(_files([name]))
+        except SpecError as e:
+            yield e
 
 
 def _read(path: Path) -> str:
@@ -45,9 +57,16 @@ def _read(path: Path) -> str:
 def cmd_fmt(args: argparse.Namespace) -> int:
     from ..fmt import format_source
 
+    if args.width < 1:
+        raise SpecError(Diagnostic("--width", 0, 0, f"the width must be a positive number of "
+                                                    f"columns, got {args.width}"))
     status = 0
     changed = unchanged = 0
-    for path in _files(args.files):
+    for path in _paths(args.files):
+        if isinstance(path, SpecError):
+            print(path.render(), file=sys.stderr)
+            status = EXIT_ERROR
+            continue
         name = "<stdin>" if path is None else str(path)
         try:
             source = sys.stdin.read() if path is None else _read(path)
