@@ -62,3 +62,37 @@ def test_the_language_reference_opening_example_checks(tmp_path):
     graph = check_spec(spec, tasks="semseg:5,depth", input_size=(64, 64))
     assert graph.types["f"][0].__class__.__name__ == "TaskMap"
     assert [o.task for o in graph.ir.outputs] == ["semseg", "depth"]
+
+
+def _shell_examples() -> list[tuple[str, str]]:
+    """(where, text) of every shell example: the bash blocks of README.md and docs/, and the
+    examples of `mtl-dsl tune --help`."""
+    from mtl_dsl.cli.tune import EPILOG
+
+    found = []
+    for path in [DOCS.parent / "README.md", *sorted(DOCS.glob("*.md"))]:
+        for i, block in enumerate(re.findall(r"```(?:bash|sh|shell)\n(.*?)```", path.read_text(),
+                                             re.S)):
+            found.append((f"{path.name} bash block {i + 1}", block))
+    found.append(("mtl-dsl tune --help", EPILOG.split("examples", 1)[1].split("\n", 1)[1]))
+    return found
+
+
+def test_shell_examples_are_valid_shell_and_their_search_values_parse():
+    """README's sweep example had `--search optimizer.lr=loguniform(1e-4,1e-2)` unquoted: bash
+    stops at the `(` with a syntax error before mtl-dsl runs."""
+    import shlex
+    import subprocess
+
+    from mtl_dsl.runtime.sweep_space import parse_search_flag
+
+    searches = 0
+    for where, text in _shell_examples():
+        checked = subprocess.run(["bash", "-n"], input=text, text=True, capture_output=True)
+        assert checked.returncode == 0, f"{where}: {checked.stderr}"
+        words = shlex.split(text.replace("\\\n", " "), comments=True)
+        for flag, value in zip(words, words[1:]):
+            if flag == "--search":
+                parse_search_flag(value)  # raises on a value the shell would have mangled
+                searches += 1
+    assert searches >= 6  # README's and the help's examples

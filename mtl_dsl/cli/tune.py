@@ -23,10 +23,11 @@ loguniform(lo, hi), randint(lo, hi), quniform(lo, hi, q), ... as Ray Tune's. A p
 model parameter of the spec (dim, depth, backbone), preset the model preset, a dotted KEY a
 run-config key (optimizer.lr, training.batch_size).
 
-examples:
-  mtl-dsl tune demt --search dim=[64,128,256] --search depth=[1,2] \\
-      --search optimizer.lr=loguniform(1e-4,1e-2) --samples 2 --scheduler asha --metric semseg.mIoU
-  mtl-dsl tune baseline_mt --search dim=[16,32,64] --plain --iterations 100
+examples (quote the values in a shell: "(" is bash syntax, "[" a glob pattern):
+  mtl-dsl tune demt --search 'dim=[64,128,256]' --search 'depth=[1,2]' \\
+      --search 'optimizer.lr=loguniform(1e-4,1e-2)' --samples 2 --scheduler asha \\
+      --metric semseg.mIoU
+  mtl-dsl tune baseline_mt --search 'dim=[16,32,64]' --plain --iterations 100
   mtl-dsl tune baseline_mt --resume --run-name tune-baseline_mt-synthetic
 """
 
