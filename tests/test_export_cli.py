@@ -127,6 +127,22 @@ def test_an_output_path_that_cannot_be_written_is_one_error_before_compiling(
         assert len([line for line in err.splitlines() if "error:" in line]) == 1
     assert not list(tmp_path.glob("m.*")) and not list((tmp_path / "adir").iterdir())
 
+
+def test_a_checkpoint_of_another_spec_names_the_spec_it_was_written_for(checkpoint, tmp_path,
+                                                                        monkeypatch, capsys):
+    """The key lists alone leave a user guessing; the checkpoint's meta.json says its spec."""
+    path, _ = checkpoint
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", "demt", "--checkpoint", str(path), "-o", "m.pt2"]) == 2
+    err = capsys.readouterr().err
+    assert "does not match the spec's graph: missing" in err
+    assert ("hint: it was written for the model 'baseline_mt' of the spec 'baseline_mt', not "
+            "'demt'") in err
+    assert main(["export", "baseline_mt", "--checkpoint", str(path), "-o", "m.pt2", "--set",
+                 "dim=8"]) == 2
+    assert "hint: it was written" not in capsys.readouterr().err  # the same spec: no such hint
+    assert not list(tmp_path.glob("m.*"))
+
 def test_export_of_an_official_checkpoint_file(tmp_path, capsys):
     """--weights: the official file read through the spec's weights map, as `eval --weights`; the
     exported program holds the file's tensors."""

@@ -457,7 +457,25 @@ def check_matches(model: torch.nn.Module, checkpoint_path: Any,
     if shape:
         parts.append(f"shape differs {len(shape)}: {_listing(shape)}")
     raise usage_error(str(checkpoint_path),
-                       f"checkpoint {checkpoint_path} does not match the spec's graph: " + "; ".join(parts))
+                       f"checkpoint {checkpoint_path} does not match the spec's graph: " + "; ".join(parts),
+                       hint=_written_for(model, checkpoint_path))
+
+
+def _written_for(model: torch.nn.Module, checkpoint_path: Any) -> str:
+    """A hint naming the spec a checkpoint was written for, when that is another model's (its
+    ``meta.json``: ``model``, else the stem of ``spec``)."""
+    name = getattr(getattr(model, "ir", None), "name", None)
+    try:
+        meta = read_meta(checkpoint_path)
+    except SpecError:
+        return ""
+    spec = meta.get("spec")
+    if name is None or not isinstance(spec, str) or not spec:
+        return ""
+    written = meta.get("model") if isinstance(meta.get("model"), str) else Path(spec).stem
+    if written == name:
+        return ""
+    return f"it was written for the model '{written}' of the spec '{spec}', not '{name}'"
 
 
 def state_shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
