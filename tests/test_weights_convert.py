@@ -197,6 +197,8 @@ def test_refuses_a_truncated_file(baseline_file, tmp_path, capsys):
 def test_refuses_another_models_checkpoint_naming_the_first_mismatches(demt_file, tmp_path, capsys):
     err = refused(capsys, tmp_path / "out", "convert", "baseline_mt", str(demt_file), *BASELINE_ARGS)
     first = err.splitlines()[0]
+    # a weights file has no line to point at: no made-up position (it read `FILE:1:1: error`)
+    assert first.startswith(f"{demt_file}: error: cannot load {demt_file.name} into 'baseline_mt'")
     assert "shape mismatch: official head.bottleneck.depth.bn.bias [33] -> model " \
            "out.depth.bottleneck.bn.bias [67] (and 23 more, e.g. official " in first
     outside = next(line for line in err.splitlines() if "not in the map" in line)

@@ -76,7 +76,7 @@ def refuse(plan: Plan, weights: OfficialWeights, model: Any, allow_partial: bool
     if hint:
         problems.insert(0, hint)
     raise SpecError(Diagnostic(
-        str(weights.path), 1, 1, f"cannot load {weights.path.name} into {_label(model)}: "
+        str(weights.path), 0, 0, f"cannot load {weights.path.name} into {_label(model)}: "
                                  f"{problems[0]}",
         notes=tuple(problems[1:6]) + ((f"... and {len(problems) - 6} more problems",)
                                       if len(problems) > 6 else ())))
