@@ -243,6 +243,32 @@ def test_baseline_file_errors(tmp_path):
         load_baseline(path)
 
 
+
+def test_baseline_file_errors_name_the_key_at_its_line_and_column(tmp_path):
+    """The baseline file was read with yaml.safe_load and reported as `FILE: metrics.X.value:
+    Input should be ...`: no line, no column, a repeated key silently kept."""
+    from mtl_dsl.errors import SpecError
+
+    path = tmp_path / "st.yaml"
+    path.write_text("selection_split: val\nmetrics:\n"
+                    "  semseg/mIoU: {value: abc, higher_is_better: true}\n")
+    with pytest.raises(BaselineError) as info:
+        load_baseline(path)
+    assert (info.value.line, info.value.column) == (3, 17)
+    assert info.value.message.startswith("key 'metrics.semseg/mIoU.value': Input should be a "
+                                         "valid number")
+    assert info.value.message.endswith("(got 'abc')")
+    path.write_text("selection_split: val\nmetrics: {semseg/mIoU: {value: 1, higher_is_better: "
+                    "true}}\nsource: a\nsourse: b\n")
+    with pytest.raises(BaselineError) as info:
+        load_baseline(path)
+    assert (info.value.message, info.value.line, info.value.column) == (
+        "unknown key 'sourse'", 4, 1)
+    path.write_text("selection_split: val\nselection_split: test\nmetrics: {}\n")
+    with pytest.raises(SpecError) as repeated:
+        load_baseline(path)
+    assert repeated.value.line == 2 and "given twice" in repeated.value.message
+
 def test_table_without_baseline_says_delta_m_is_not_computed():
     table = format_metrics_table({"semseg/mIoU": 40.0, "depth/rmse": 0.5})
     assert "delta_m: not computed (no single-task baseline file given)" in table

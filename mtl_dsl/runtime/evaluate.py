@@ -135,7 +135,7 @@ def run_eval(spec: Any, checkpoint: str | Path | None, config: RunConfig | None 
         try:
             base = load_baseline(baseline)
         except BaselineError as exc:
-            raise usage_error(str(baseline), str(exc)) from None
+            raise usage_error(str(baseline), exc.message, line=exc.line, column=exc.column) from None
     skipped: list = []
     if weights is not None:
         model, cfg, source = load_official_model(spec, weights, config, weights_map, allow_partial)

@@ -395,7 +395,12 @@ class Baseline(BaseModel):
 
 
 class BaselineError(ValueError):
-    """A baseline file that cannot be used; the message names the file and the entry."""
+    """A baseline file that cannot be used; the message names the entry, ``line`` and ``column``
+    (1-based, 0: none) where the file writes it."""
+
+    def __init__(self, message: str, line: int = 0, column: int = 0):
+        super().__init__(message)
+        self.message, self.line, self.column = message, line, column
 
 
 def load_baseline(path: str | Path) -> Baseline:
@@ -407,21 +412,30 @@ def load_baseline(path: str | Path) -> Baseline:
           semseg/mIoU: {value: 38.02, higher_is_better: true}
           depth/rmse: {value: 0.6104, higher_is_better: false}
     """
-    import yaml
+    from .yaml_source import FileSource, load_yaml
 
     path = Path(path)
     if not path.is_file():
         raise BaselineError(f"baseline file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise BaselineError(f"{path}: not valid YAML: {e}") from None
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise BaselineError(f"cannot read baseline file {path}: {e}") from None
+    data = load_yaml(text, str(path))  # safe, limited, a repeated key refused, at its line
     try:
         baseline = Baseline.model_validate(data)
-    except ValidationError as e:
+    except ValidationError as e:  # said as the run config says it, at the key's line and column
         first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise BaselineError(f"{path}: {where}: {first['msg']}") from None
+        loc = tuple(first["loc"])
+        dotted = ".".join(str(p) for p in loc)
+        if first["type"] == "missing":
+            message = f"missing key '{dotted}'"
+        elif first["type"] == "extra_forbidden":
+            message = f"unknown key '{dotted}'"
+        else:
+            message = f"key '{dotted}': {first['msg']} (got {first.get('input')!r})"
+        line, column = FileSource(str(path), text).position(loc)
+        raise BaselineError(message, line, column) from None
     return check_baseline(baseline, str(path))
 
 

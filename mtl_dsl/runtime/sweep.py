@@ -120,7 +120,8 @@ def _objective(cfg: RunConfig, baseline_path: Optional[str], locate: Callable = 
         try:
             loaded = load_baseline(baseline_path)
         except BaselineError as exc:
-            raise simple_error(str(baseline_path), str(exc)) from None
+            raise simple_error(str(baseline_path), exc.message, line=exc.line,
+                               column=exc.column) from None
         missing = [k for k in loaded.metrics if k.split("/")[0] not in tasks]
         if missing:
             raise simple_error(str(baseline_path), f"baseline metric '{missing[0]}' is not computed for "
