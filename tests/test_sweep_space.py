@@ -230,6 +230,9 @@ TINY_RUN = ("tasks: semseg,depth\nmodel:\n  overrides: {backbone: resnet18, leve
      "--search:1:1: error: unknown key 'optimizer.lrr' (trial values: optimizer.lrr=0.1)"),
     ("", ["--search", "dim=[8]", "--metric", "semseg.nope"],
      "--metric:1:1: error: unknown metric 'semseg.nope'"),
+    # one key searched by two flags: the first was silently dropped
+    ("", ["--search", "dim=[8]", "--search", "dim=[16]"],
+     "--search:1:1: error: 'dim' is searched twice: --search dim=[8] and --search dim=[16]"),
 ])
 def test_sweep_mistakes_are_located_where_they_were_written(tmp_path, capsys, tune_lines, flags,
                                                             expected):

@@ -61,8 +61,15 @@ def tune_config(args: argparse.Namespace):
 
     cfg = build_config(args)
     section = cfg.tune.model_dump()
+    given: dict[str, str] = {}
     for item in args.search:
         dim = parse_search_flag(item)
+        if dim.key in given:  # the last would silently win
+            raise simple_error("--search", f"'{dim.key}' is searched twice: --search "
+                                           f"{given[dim.key]} and --search {item}",
+                               hint=f"give every value in one list, e.g. {dim.key}=[a, b, c]",
+                               source_line=item)
+        given[dim.key] = item
         section["search"][dim.key] = dim.text()
     for flag, value, check in (("--metric", args.metric, normalise_metric),
                                ("--budget", args.budget, budget_seconds)):
