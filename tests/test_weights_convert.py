@@ -246,6 +246,23 @@ def test_refuses_to_overwrite_and_names_an_unknown_map(baseline_file, converted,
     assert "has no weights map 'offical' (its maps: 'official', 'upernet')" in err
 
 
+
+def test_an_output_folder_that_cannot_be_made_is_one_error(baseline_file, tmp_path, capsys):
+    """-o under a file or in a place that cannot be written was a FileExistsError /
+    FileNotFoundError traceback after the whole conversion."""
+    blocker = tmp_path / "afile"
+    blocker.write_text("")
+    for out, message in [(blocker / "sub", f"{blocker / 'sub'}: error: cannot write "
+                                           f"{blocker / 'sub'}: {blocker} is a file, not a folder"),
+                         (Path("/proc/mtl-dsl-out"), "/proc/mtl-dsl-out: error: cannot write "
+                                                      "/proc/mtl-dsl-out: "),
+                         (blocker, f"{blocker}: error: output path (a file) exists: {blocker}")]:
+        code, _, err = run(capsys, "convert", "baseline_mt", str(baseline_file), *BASELINE_ARGS,
+                           "-o", str(out))
+        assert code == 2 and "Traceback" not in err, err
+        assert err.splitlines()[0].startswith(message), err
+    assert blocker.read_text() == "" and sorted(tmp_path.iterdir()) == [blocker]
+
 def test_train_init_takes_a_checkpoint_folder_of_the_same_graph(converted, tmp_path):
     from mtl_dsl.runtime.config import load_config
     from mtl_dsl.weights.convert import prepare_init

@@ -153,9 +153,7 @@ def _convert(spec: str, file: str | Path, out: Path, *, tasks: str | None = None
     from ..api import compile_model, resolve_spec_path
     from ..runtime.checkpoints import ir_hash, save_checkpoint
 
-    if out.exists():
-        raise simple_error(str(out), f"output folder exists: {out}",
-                           hint="choose another -o or remove it first")
+    _check_new_folder(out)
     kwargs = dict(tasks=tasks, overrides=overrides or None, preset=preset, input_size=input_size,
                   model=model_name)
     weights = read_weights(file)
@@ -194,8 +192,30 @@ def _convert(spec: str, file: str | Path, out: Path, *, tasks: str | None = None
         "run_config": _run_config(tasks or model.ir.profile, tuple(model.input_size), preset,
                                   overrides),
     }
-    save_checkpoint(out, state, {}, meta)
+    try:
+        save_checkpoint(out, state, {}, meta)
+    except OSError as e:  # a full disk is CheckpointWriteError; this is anything else
+        raise simple_error(str(out), f"cannot write {out}: {e.strerror or e}") from None
     return out, report
+
+
+def _check_new_folder(out: Path) -> None:
+    """Refuse, before anything is read or compiled, an -o that exists or cannot be created (a
+    path under a file, a place that cannot be written): one error naming it, no traceback."""
+    import tempfile
+
+    if out.exists():
+        kind = "folder" if out.is_dir() else "path (a file)"
+        raise simple_error(str(out), f"output {kind} exists: {out}",
+                           hint="choose another -o or remove it first")
+    above = next((a for a in out.parents if a.exists()), None)
+    if above is not None and not above.is_dir():
+        raise simple_error(str(out), f"cannot write {out}: {above} is a file, not a folder")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.").cleanup()
+    except OSError as e:
+        raise simple_error(str(out), f"cannot write {out}: {e.strerror or e}") from None
 
 
 def _run_config(tasks: str, input_size: tuple[int, int], preset: str | None,
