@@ -247,3 +247,23 @@ def test_sweep_mistakes_are_located_where_they_were_written(tmp_path, capsys, tu
     first = err.splitlines()[0]
     assert first == (str(config) + expected if expected.startswith(":") else expected), err
     assert not (tmp_path / "runs").exists()
+
+
+
+def test_a_baseline_file_that_is_not_there_is_named_at_its_key(tmp_path, capsys):
+    """`tune: {baseline: st.yaml}` naming no file said only `st.yaml: error: ...`, not which
+    key of which file named it, nor where a relative path is read from."""
+    from mtl_dsl.cli import main
+
+    config = tmp_path / "run.yaml"
+    config.write_text(TINY_RUN + "tune:\n  search:\n    dim: [8]\n  baseline: st.yaml\n")
+    args = ["tune", "baseline_mt", "--config", str(config), "--plain", "--storage",
+            str(tmp_path / "runs")]
+    assert main(args) == 2
+    first = capsys.readouterr().err.splitlines()[0]
+    assert first.startswith(f"{config}:8:3: error: key 'tune.baseline': baseline file not found: "
+                            f"st.yaml (a relative path is read from the working directory, ")
+    assert main([*args, "--baseline", "other.yaml"]) == 2
+    assert capsys.readouterr().err.splitlines()[:3] == [
+        "--baseline:1:1: error: baseline file not found: other.yaml", "    1 | other.yaml",
+        "      | ^"]

@@ -97,8 +97,9 @@ def locator(args: argparse.Namespace):
 
     flags = {("tune", "search", parse_search_flag(item).key): ("--search", item)
              for item in args.search}
-    if args.metric is not None:
-        flags[("tune", "metric")] = ("--metric", args.metric)
+    for key in ("metric", "baseline"):
+        if getattr(args, key) is not None:
+            flags[("tune", key)] = (f"--{key}", getattr(args, key))
     source = read_yaml_file(Path(args.config))[1] if args.config else None
 
     def locate(path: tuple, message: str, hint: str = "") -> Exception:

@@ -120,6 +120,10 @@ def _objective(cfg: RunConfig, baseline_path: Optional[str], locate: Callable = 
         try:
             loaded = load_baseline(baseline_path)
         except BaselineError as exc:
+            if not Path(baseline_path).is_file():  # at the key or flag that names it
+                raise locate(("tune", "baseline"), exc.message,
+                             f"a relative path is read from the working directory, {Path.cwd()}"
+                             ) from None
             raise simple_error(str(baseline_path), exc.message, line=exc.line,
                                column=exc.column) from None
         missing = [k for k in loaded.metrics if k.split("/")[0] not in tasks]
