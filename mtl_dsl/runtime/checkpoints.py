@@ -112,11 +112,15 @@ def save_checkpoint(target: str | Path, model_state: dict[str, torch.Tensor],
     """Write a checkpoint directory atomically; returns its path.
 
     A full disk raises ``CheckpointWriteError`` ("no space left on device while writing DIR
-    (N MB needed)"); the earlier checkpoints stay as they were."""
+    (N MB needed)"), and so does a folder that cannot be written (read-only, no permission);
+    the earlier checkpoints stay as they were."""
     target = Path(target)
     try:
         return _write_checkpoint(target, model_state, state_tensors, meta)
     except OSError as exc:
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):  # the same again on a retry
+            raise CheckpointWriteError(f"cannot write checkpoint {target}: "
+                                       f"{exc.strerror or exc}") from None
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         needed = sum(t.numel() * t.element_size() for t in (*model_state.values(), *state_tensors.values()))
@@ -129,6 +133,7 @@ def _write_checkpoint(target: Path, model_state: dict[str, torch.Tensor],
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
+    old = None
     try:
         _save_tensors(model_state, tmp / MODEL_FILE)
         _fsync_file(tmp / MODEL_FILE)
@@ -151,6 +156,10 @@ def _write_checkpoint(target: Path, model_state: dict[str, torch.Tensor],
             os.rename(tmp, target)
         _fsync_dir(target.parent)
     except BaseException:
+        # Ctrl-C (or any failure) between the two renames: put the replaced checkpoint back
+        # under its name rather than leave it only under a hidden one that readers ignore.
+        if old is not None and old.is_dir() and not target.exists():
+            os.rename(old, target)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
@@ -182,12 +191,18 @@ def _json_default(value: Any):
 
 
 def prune_checkpoints(folder: str | Path, keep: int) -> None:
-    """Delete all but the ``keep`` newest (by step) checkpoints in ``folder``, and the temporary
-    folders of writers that are no longer running."""
+    """Delete all but the ``keep`` newest (by step) usable checkpoints in ``folder``, and the
+    temporary folders of writers that are no longer running. A checkpoint that cannot be loaded
+    never takes the place of one that can: a corrupt one newer than those kept stays as it is
+    (a resumed run writes over it when it reaches its step), an older one goes."""
     folder = Path(folder)
     found = sorted(list_checkpoints(folder), key=lambda p: _step_of(p))
-    for path in found[:-keep] if keep > 0 else found:
-        shutil.rmtree(path, ignore_errors=True)
+    usable = [p for p in found if checkpoint_problem(p) is None]
+    kept = usable[-keep:] if keep > 0 else []
+    oldest_kept = _step_of(kept[0]) if kept else -1  # none usable: delete nothing
+    for path in found:
+        if path not in kept and (path in usable or _step_of(path) < oldest_kept):
+            shutil.rmtree(path, ignore_errors=True)
     for stale in folder.glob(".*.tmp-*"):
         match = re.search(r"\.tmp-(\d+)-[0-9a-f]+$", stale.name)
         if match is None or not pid_alive(int(match.group(1))):

@@ -2,6 +2,9 @@
 exit status 1, and the root cause of a worker's error in one line."""
 from __future__ import annotations
 
+import errno
+from typing import Any
+
 
 class TrainingError(RuntimeError):
     """A run that stopped: non-finite loss, worker failure, a bad sample, a full disk..."""
@@ -14,8 +17,21 @@ class NonFiniteLoss(TrainingError):
                          f"(the last good checkpoint is kept)")
 
 
-class CheckpointWriteError(TrainingError):
+class WriteError(TrainingError):
+    """A file of the run (a checkpoint, ``metrics.jsonl``, the lock) could not be written."""
+
+
+class CheckpointWriteError(WriteError):
     """A checkpoint could not be written (a full disk); the earlier ones are intact."""
+
+
+def write_error(path: Any, exc: OSError, kind: type = WriteError) -> WriteError:
+    """``exc``, met writing ``path``, as one line: a full disk (or quota) as "no space left on
+    device while writing PATH", any other failure (a read-only filesystem, no permission) in the
+    system's words."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return kind(f"no space left on device while writing {path}")
+    return kind(f"cannot write {path}: {exc.strerror or exc}")
 
 
 class BadSample(TrainingError):

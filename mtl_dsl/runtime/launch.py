@@ -27,7 +27,7 @@ from ..errors import Diagnostic, SpecError, usage_error
 from .config import RunConfig, load_config
 from .console import Console
 from .failures import (BadSample, CheckpointWriteError, DataUnavailable, NonFiniteLoss, TrainingError,
-                       root_cause)
+                       WriteError, root_cause)
 from .run_log import RunLog
 from .lease import lock_for
 from .ray_start import start_ray
@@ -288,6 +288,7 @@ class _QueueDrain:
         self.queue, self.recorder = queue, recorder
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="mtl-dsl-console", daemon=True)
+        self.error: Optional[TrainingError] = None  # the run's logs could not be written
 
     def _run(self) -> None:
         while True:
@@ -295,6 +296,9 @@ class _QueueDrain:
             try:
                 while not self.queue.empty():
                     self.recorder(self.queue.get_nowait())
+            except TrainingError as exc:  # metrics.jsonl on a full disk: the driver stops the run
+                self.error = exc
+                return
             except Exception:  # the queue actor is gone (Ray shut down)
                 return
             if finished:
@@ -366,15 +370,17 @@ def _train_with_ray(job: dict, cfg: RunConfig, run_name: str, run_dir: Location,
 
     try:
         trainer, queue = _trainer(job, cfg, run_name, run_dir, ray_callbacks)
-        with _QueueDrain(queue, recorder):
+        with _QueueDrain(queue, recorder) as drain:
             try:
-                result = _fit_interruptibly(trainer, lock)
+                result = _fit_interruptibly(trainer, lock, drain)
             except ray.train.TrainingFailedError as exc:
                 raise _disk_full(run_dir, exc) or \
                     TrainingError(f"training failed: {root_cause(exc)}") from None
-            except (KeyboardInterrupt, LeaseLost):
+            except (KeyboardInterrupt, LeaseLost, WriteError):
                 started_here = True  # only disconnecting the driver ends the run's actors
                 raise
+        if drain.error is not None:  # met by the last records, after the workers finished
+            raise drain.error
         if result.error is not None:
             raise _disk_full(run_dir, result.error) or \
                 TrainingError(f"training failed: {root_cause(result.error)}")
@@ -410,13 +416,14 @@ class LeaseLost(TrainingError):
     """Another run took over the run folder while this one ran (its lease lapsed)."""
 
 
-def _fit_interruptibly(trainer, lock=None):
+def _fit_interruptibly(trainer, lock=None, drain: Optional[_QueueDrain] = None):
     """``trainer.fit()`` on a helper thread, so that Ctrl-C reaches this (main) thread as
     ``KeyboardInterrupt``, as in a plain run: the caller's ``ray.shutdown()`` (also of a Ray
     started before ``run_training``) then ends the controller and the workers, the run folder's
     lock is released, and the command line says "interrupted" and exits 130. (On the
     main thread Ray Train installs its own SIGINT handler, which aborts the run and exits 1
-    without a word.)"""
+    without a word.) A run folder lease taken over, or logs that could not be written (the
+    ``drain``'s error: a full disk), stop the run the same way."""
     box: dict = {}
 
     def fit() -> None:
@@ -431,6 +438,8 @@ def _fit_interruptibly(trainer, lock=None):
         thread.join(0.2)
         if lock is not None and lock.lost:
             raise LeaseLost(f"{lock.lost}; this run stopped so that only one writes there")
+        if drain is not None and drain.error is not None:
+            raise drain.error
     if "error" in box:
         raise box["error"]
     return box["result"]

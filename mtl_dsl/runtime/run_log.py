@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
+from .failures import write_error
 from .storage import Location
 
 METRICS_FILE = "metrics.jsonl"
@@ -64,7 +65,10 @@ class RunLog:
 
         if self.writer is not None:
             self.writer.close()
-        self.writer = SummaryWriter(str(self.folder / TENSORBOARD_DIR), purge_step=step or None)
+        try:
+            self.writer = SummaryWriter(str(self.folder / TENSORBOARD_DIR), purge_step=step or None)
+        except OSError as exc:
+            raise write_error(self.folder / TENSORBOARD_DIR, exc) from None
 
     def _write(self, step: int, scalars: dict, record: dict) -> None:
         if self.writer is None:
@@ -72,8 +76,11 @@ class RunLog:
         for key, value in scalars.items():
             self.writer.add_scalar(key, value, step)
         line = {k: v for k, v in record.items() if k not in ("start_step",)}
-        with open(self.folder / METRICS_FILE, "a", encoding="utf-8") as f:
-            f.write(json.dumps(line, sort_keys=True) + "\n")
+        try:
+            with open(self.folder / METRICS_FILE, "a", encoding="utf-8") as f:
+                f.write(json.dumps(line, sort_keys=True) + "\n")
+        except OSError as exc:  # a full disk: one line naming the file, not a traceback
+            raise write_error(self.folder / METRICS_FILE, exc) from None
 
     def flush(self) -> None:
         """Make the files complete; copy them into remote storage."""

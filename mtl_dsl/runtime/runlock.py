@@ -15,6 +15,7 @@ expiry (or of a dead process on this host) counts as stale and is taken over as 
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -72,8 +73,11 @@ class FileLock(RunLock):
 
         if self._fd is not None:
             return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:  # read-only storage, a file in the way, no permission, a full disk
+            raise self._unusable(exc) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -87,10 +91,26 @@ class FileLock(RunLock):
             self.took_over = previous
         record = {"pid": os.getpid(), "host": socket.gethostname(),
                   "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-        os.ftruncate(fd, 0)
-        os.lseek(fd, 0, os.SEEK_SET)
-        os.write(fd, json.dumps(record).encode("utf-8"))
+        try:
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, json.dumps(record).encode("utf-8"))
+        except OSError as exc:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+            raise self._unusable(exc) from None
         self._fd = fd
+
+    def _unusable(self, exc: OSError):
+        """The run folder cannot be written: a full disk stops the run (exit 1) as a full disk
+        elsewhere does; anything else is a folder the user gave that cannot hold a run (exit 2)."""
+        from .failures import write_error
+
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return write_error(self.path, exc)
+        return usage_error(str(self.run_dir), f"run folder {self.run_dir} cannot be written "
+                                              f"({exc.strerror or exc}: {exc.filename or self.path}); "
+                                              f"choose another --storage")
 
     def release(self) -> None:
         import fcntl

@@ -1,0 +1,158 @@
+"""Runs whose storage fails them: a full disk outside the checkpoints (metrics.jsonl), a run folder
+that cannot be written (read-only, a file in the way), pruning beside a corrupt checkpoint, Ctrl-C
+while a checkpoint is replaced. Each ends with one line and keeps every usable checkpoint."""
+from __future__ import annotations
+
+import builtins
+import contextlib
+import errno
+import io
+import os
+from pathlib import Path
+
+import pytest
+
+from mtl_dsl.errors import UsageError
+from mtl_dsl.runtime import checkpoints, run_log, runlock
+from mtl_dsl.runtime.checkpoints import checkpoint_problem, newest_usable, prune_checkpoints
+from mtl_dsl.runtime.failures import CheckpointWriteError
+from mtl_dsl.runtime.launch import run_training
+from test_train import TinyNet, _config, _quiet
+
+TINY = ["--tasks", "semseg,depth", "--input", "32x32", "--set", "backbone=resnet18", "--set", "dim=8",
+        "--set", "levels=[1, 2]", "--set", "dataset.length=4", "--set", "dataset.val_length=2",
+        "--set", "training.batch_size=2", "--set", "training.eval_interval=0",
+        "--set", "training.log_interval=1", "--set", "run.threads_per_worker=1"]
+
+
+def _cli(*argv: str) -> tuple[int, str, str]:
+    from mtl_dsl.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(argv))
+    return code, out.getvalue(), err.getvalue()
+
+
+def _train(storage: Path, name: str, *extra: str) -> tuple[int, str, str]:
+    return _cli("train", "baseline_mt", "--plain", *TINY, "--iterations", "2",
+                "--storage", str(storage), "--run-name", name, *extra)
+
+
+def _one_line(err: str) -> str:
+    line = err.strip()
+    assert "\n" not in line and "Traceback" not in line, err
+    return line
+
+
+# --- a full disk where no checkpoint is written -------------------------------------------------------
+
+def test_a_full_disk_met_by_metrics_jsonl_is_one_line_and_exit_1(tmp_path, monkeypatch):
+    """The driver appends a line to metrics.jsonl at every log interval: a full disk there ended
+    the run with an OSError traceback."""
+
+    def full(file, mode="r", *args, **kwargs):
+        if str(file).endswith("metrics.jsonl") and "a" in mode:
+            raise OSError(errno.ENOSPC, "No space left on device", str(file))
+        return builtins.open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(run_log, "open", full, raising=False)
+    code, _, err = _train(tmp_path, "full")
+    assert code == 1
+    assert _one_line(err) == f"error: no space left on device while writing {tmp_path / 'full' / 'metrics.jsonl'}"
+
+
+# --- a run folder that cannot be written -------------------------------------------------------------
+
+def test_storage_that_is_a_file_is_one_error_naming_the_folder(tmp_path):
+    (tmp_path / "afile").write_text("not a folder\n")
+    code, _, err = _train(tmp_path / "afile", "x")
+    assert code == 2
+    line = _one_line(err)
+    assert line.startswith(f"{tmp_path / 'afile' / 'x'}: error: run folder {tmp_path / 'afile' / 'x'} "
+                           f"cannot be written (")
+    assert line.endswith("choose another --storage")
+
+
+def test_read_only_storage_is_one_error_and_a_read_only_checkpoint_folder_one_line(tmp_path, monkeypatch):
+    """A read-only filesystem (EROFS: root cannot write there either) as the run folder: the lock
+    file cannot be created; the run is refused naming the folder, before any step."""
+    real_open = os.open
+
+    def read_only(path, flags, *args):
+        if str(path).startswith(str(tmp_path / "ro")) and flags & (os.O_CREAT | os.O_WRONLY | os.O_RDWR):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *args)
+
+    (tmp_path / "ro" / "r").mkdir(parents=True)
+    monkeypatch.setattr(runlock.os, "open", read_only)
+    code, out, err = _train(tmp_path / "ro", "r")
+    monkeypatch.setattr(runlock.os, "open", real_open)
+    assert code == 2 and "step" not in out
+    assert f"run folder {tmp_path / 'ro' / 'r'} cannot be written (Read-only file system: " in _one_line(err)
+
+    def refused(tensors, filename, metadata=None):
+        raise OSError(errno.EROFS, "Read-only file system", filename)
+
+    monkeypatch.setattr(checkpoints, "save_file", refused)
+    with pytest.raises(CheckpointWriteError) as info:
+        checkpoints.save_checkpoint(tmp_path / "ck" / "step_1", {}, {}, {"step": 1})
+    assert str(info.value) == f"cannot write checkpoint {tmp_path / 'ck' / 'step_1'}: Read-only file system"
+    assert not list((tmp_path / "ck").iterdir())  # no temporary folder left
+
+
+# --- pruning beside a corrupt checkpoint ---------------------------------------------------------------
+
+def _torn(folder: Path) -> None:
+    model = folder / "model.safetensors"
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
+
+
+def test_pruning_never_keeps_a_corrupt_checkpoint_in_place_of_a_usable_one(tmp_path):
+    """A corrupt newest checkpoint counted as one of the ``keep`` newest: with keep=1, writing a
+    new checkpoint deleted it and every usable one, leaving only the corrupt one."""
+    run_training(TinyNet, _config(tmp_path, "p", iterations=6, checkpoint_interval=2), plain=True,
+                 progress=_quiet)
+    run = tmp_path / "p"
+    _torn(run / "step_00000006")
+    prune_checkpoints(run, keep=1)
+    assert sorted(p.name for p in run.glob("step_*")) == ["step_00000004", "step_00000006"]
+    assert newest_usable(run)[0] == run / "step_00000004"
+    # a resumed run with a coarser interval writes step 5 below the corrupt step 6, and keeps it
+    cfg = _config(tmp_path, "p", iterations=5, checkpoint_interval=5)
+    cfg.run.keep_checkpoints = 1
+    result = run_training(TinyNet, cfg, plain=True, resume=True, progress=_quiet)
+    assert result.step == 5
+    assert sorted(p.name for p in run.glob("step_*")) == ["step_00000005", "step_00000006"]
+    assert checkpoint_problem(run / "step_00000005") is None
+    assert newest_usable(run)[0] == run / "step_00000005"
+    _torn(run / "step_00000005")  # nothing usable left: corrupt checkpoints alone are never deleted
+    prune_checkpoints(run, keep=1)
+    assert sorted(p.name for p in run.glob("step_*")) == ["step_00000005", "step_00000006"]
+
+
+# --- Ctrl-C while a checkpoint replaces one of the same step ------------------------------------------
+
+def test_ctrl_c_between_the_renames_of_a_replaced_checkpoint_keeps_the_old_one(tmp_path, monkeypatch):
+    """A checkpoint written over one of the same step (a resume past a corrupt one) moves the old
+    one aside, then renames the new one into place: Ctrl-C between the two left the step only
+    under a hidden name that every reader ignores."""
+    import torch
+
+    target = tmp_path / "step_00000002"
+    checkpoints.save_checkpoint(target, {"w": torch.ones(2)}, {}, {"step": 2})
+    real, calls = os.rename, []
+
+    def interrupted(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:  # the old one moved aside, the new one not yet in place
+            raise KeyboardInterrupt
+        return real(src, dst)
+
+    monkeypatch.setattr(checkpoints.os, "rename", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoints.save_checkpoint(target, {"w": torch.zeros(2)}, {}, {"step": 2})
+    monkeypatch.setattr(checkpoints.os, "rename", real)
+    assert [p.name for p in tmp_path.iterdir()] == ["step_00000002"]
+    assert torch.equal(checkpoints.load_checkpoint(target).model_state["w"], torch.ones(2))
+
