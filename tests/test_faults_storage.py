@@ -1,12 +1,14 @@
 """Runs whose storage fails them: a full disk outside the checkpoints (metrics.jsonl), a run folder
-that cannot be written (read-only, a file in the way), pruning beside a corrupt checkpoint, Ctrl-C
-while a checkpoint is replaced. Each ends with one line and keeps every usable checkpoint."""
+that cannot be written (read-only, a file in the way), pruning beside a corrupt checkpoint, and Ray
+Train's own record of a run folder disagreeing with its checkpoints. Each ends with one line and
+keeps every usable checkpoint."""
 from __future__ import annotations
 
 import builtins
 import contextlib
 import errno
 import io
+import json
 import os
 from pathlib import Path
 
@@ -17,6 +19,8 @@ from mtl_dsl.runtime import checkpoints, run_log, runlock
 from mtl_dsl.runtime.checkpoints import checkpoint_problem, newest_usable, prune_checkpoints
 from mtl_dsl.runtime.failures import CheckpointWriteError
 from mtl_dsl.runtime.launch import run_training
+from mtl_dsl.runtime.ray_snapshot import SNAPSHOT_FILE, reconcile_snapshot, snapshot_problem
+from mtl_dsl.runtime.storage import open_location
 from test_train import TinyNet, _config, _quiet
 
 TINY = ["--tasks", "semseg,depth", "--input", "32x32", "--set", "backbone=resnet18", "--set", "dim=8",
@@ -129,6 +133,56 @@ def test_pruning_never_keeps_a_corrupt_checkpoint_in_place_of_a_usable_one(tmp_p
     _torn(run / "step_00000005")  # nothing usable left: corrupt checkpoints alone are never deleted
     prune_checkpoints(run, keep=1)
     assert sorted(p.name for p in run.glob("step_*")) == ["step_00000005", "step_00000006"]
+
+
+# --- Ray Train's record of the run folder ---------------------------------------------------------------
+
+def _snapshot(names: list[str], latest: str) -> str:
+    """A checkpoint manager snapshot as Ray Train writes it (its own model)."""
+    from ray.train.v2._internal.execution.checkpoint.checkpoint_manager import (
+        _CheckpointManagerState, _TrainingResultState)
+
+    results = [_TrainingResultState(checkpoint_dir_name=n, metrics={"step": i}) for i, n in enumerate(names)]
+    state = _CheckpointManagerState(
+        checkpoint_results=results, checkpoint_report_indices=list(range(len(names))),
+        latest_checkpoint_result=next(r for r in results if r.checkpoint_dir_name == latest),
+        pending_training_results=[], pending_validation_specs=[], current_report_index=len(names),
+        validated_checkpoint_dir_names=[], timed_out_validation_checkpoint_dir_names=[],
+        failed_validation_checkpoint_dir_names=[])
+    return state.model_dump_json() if hasattr(state, "model_dump_json") else state.json()
+
+
+def test_ray_trains_record_that_disagrees_with_the_checkpoints_is_set_aside(tmp_path):
+    """Ray Train restores a run folder from its snapshot: one that lists a checkpoint pruned by a
+    --plain resume stopped the resumed Ray run ("a corrupted run directory"), and one whose latest
+    checkpoint is older than the newest usable one restarted the workers from that older one."""
+    run_training(TinyNet, _config(tmp_path, "r", iterations=6, checkpoint_interval=2), plain=True,
+                 progress=_quiet)
+    run = tmp_path / "r"
+    where = open_location(run)
+    snapshot = run / SNAPSHOT_FILE
+    newest = run / "step_00000006"
+    snapshot.write_text(_snapshot(["step_00000004", "step_00000006"], "step_00000006"))
+    assert snapshot_problem(where, newest) is None  # agrees: left to Ray Train
+    reconcile_snapshot(where, newest, _quiet)
+    assert snapshot.is_file()
+    cases = {
+        "gone": (_snapshot(["step_00000001", "step_00000006"], "step_00000006"),
+                 "it lists checkpoint step_00000001, which is no longer there"),
+        "older": (_snapshot(["step_00000002", "step_00000004"], "step_00000004"),
+                  "its latest checkpoint is step_00000004, the newest usable one is step_00000006"),
+        "torn": ('{"ray_version": "2.', "it cannot be read (torn)"),
+        "other ray": (json.dumps(dict(json.loads(_snapshot(["step_00000006"], "step_00000006")),
+                                      ray_version="1.0.0")), "it was written by Ray 1.0.0"),
+    }
+    for text, reason in cases.values():
+        snapshot.write_text(text)
+        notes = []
+        reconcile_snapshot(where, newest, notes.append)
+        assert not snapshot.exists() and (run / f".{SNAPSHOT_FILE}.stale").read_text() == text
+        assert notes[0]["text"].startswith(f"set aside Ray Train's record of the run ({reason}")
+        assert notes[0]["text"].endswith(f"as {run / ('.' + SNAPSHOT_FILE + '.stale')}; resuming from {newest}")
+    assert sorted(p.name for p in run.glob("step_*")) == ["step_00000002", "step_00000004", "step_00000006"]
 
 
 # --- Ctrl-C while a checkpoint replaces one of the same step ------------------------------------------

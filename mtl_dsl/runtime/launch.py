@@ -130,6 +130,10 @@ def run_training(spec: Any, config: RunConfig | None = None, *, resume: bool = F
             recorder({"kind": "note", "text": f"took over run folder {run_dir} from a run that "
                                               f"is no longer running ({describe(lock.took_over)})"})
         resume_from = prepare_run_dir(run_dir, resume, plain, recorder)
+        if resume_from is not None and not plain:
+            from .ray_snapshot import reconcile_snapshot
+
+            reconcile_snapshot(run_dir, resume_from, recorder)  # Ray Train restores from its own record
         start = _check_resume(resume_from, cfg, signature, recorder) if resume_from is not None else 0
         if isinstance(spec, (str, Path)) and Path(spec).is_file():
             spec = str(Path(spec).resolve())  # a worker may run in another folder (runtime_env)
