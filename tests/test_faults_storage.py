@@ -1,6 +1,7 @@
 """Runs whose storage fails them: a full disk outside the checkpoints (metrics.jsonl), a run folder
-that cannot be written (read-only, a file in the way), pruning beside a corrupt checkpoint, and Ray
-Train's own record of a run folder disagreeing with its checkpoints. Each ends with one line and
+that cannot be written (read-only, a file in the way), pruning beside a corrupt checkpoint, Ray
+Train's own record of a run folder disagreeing with its checkpoints, Ctrl-C while a checkpoint is
+replaced, object storage that does not answer. Each ends with one line and
 keeps every usable checkpoint."""
 from __future__ import annotations
 
@@ -210,3 +211,28 @@ def test_ctrl_c_between_the_renames_of_a_replaced_checkpoint_keeps_the_old_one(t
     assert [p.name for p in tmp_path.iterdir()] == ["step_00000002"]
     assert torch.equal(checkpoints.load_checkpoint(target).model_state["w"], torch.ones(2))
 
+
+# --- object storage that does not answer ----------------------------------------------------------------
+
+def test_an_unreachable_object_store_is_one_error_for_eval_not_a_traceback(monkeypatch):
+    """``eval --checkpoint s3://...`` with the store down ended in pyarrow's OSError traceback;
+    a store that does not answer is also never taken for a corrupt checkpoint to skip."""
+    import socket
+
+    from mtl_dsl.runtime.checkpoints import resolve_checkpoint
+    from mtl_dsl.runtime.storage import StorageUnreachable
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in (("AWS_ACCESS_KEY_ID", "k"), ("AWS_SECRET_ACCESS_KEY", "s"),
+                       ("AWS_EC2_METADATA_DISABLED", "true")):
+        monkeypatch.setenv(key, value)
+    endpoint = f"http://127.0.0.1:{port}"
+    with pytest.raises(StorageUnreachable, match=r"^s3://bucket/runs/u/meta\.json: error: cannot reach "
+                                                 r"storage s3://bucket/runs/u/meta\.json: .*NETWORK_CONNECTION"):
+        resolve_checkpoint(open_location("s3://bucket/runs/u", endpoint))
+    code, out, err = _cli("eval", "baseline_mt", "--checkpoint", "s3://bucket/runs/u",
+                          "--storage-endpoint", endpoint)
+    assert code == 2 and out == ""
+    assert _one_line(err).startswith("s3://bucket/runs/u/meta.json: error: cannot reach storage ")

@@ -21,7 +21,7 @@ from typing import Optional
 
 from ..errors import SpecError, usage_error
 from .checkpoint_format import FORMAT, META_FILE, MODEL_FILE, STATE_FILE
-from .storage import Location
+from .storage import Location, StorageUnreachable
 
 _MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
 _DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2,
@@ -96,6 +96,8 @@ def problem(folder: Location) -> Optional[str]:
         read_meta(folder)
         read_shapes(folder.child(MODEL_FILE))
         read_shapes(folder.child(STATE_FILE))
+    except StorageUnreachable:  # not a corrupt checkpoint: the store does not answer
+        raise
     except SpecError as exc:
         return exc.message
     return None

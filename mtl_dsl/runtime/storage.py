@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 from urllib.parse import parse_qsl, urlsplit
 
-from ..errors import usage_error
+from ..errors import UsageError, usage_error
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 # Query options of pyarrow's URI parser that would put a secret into a URI (and so into logs and
@@ -48,6 +48,29 @@ def scheme_of(text: str) -> str:
 
 def is_remote(text: Any) -> bool:
     return bool(scheme_of(str(text)))
+
+
+class StorageUnreachable(UsageError):
+    """Remote storage that does not answer (no connection, access denied): one error naming the
+    location, never mistaken for a missing or corrupt file."""
+
+
+# What pyarrow's and fsspec's filesystems say when the store cannot be reached or refuses access.
+_UNREACHABLE = ("NETWORK_CONNECTION", "ACCESS_DENIED", "Could not connect", "Connection refused",
+                "Could not resolve", "curlCode", "timed out")
+
+
+@contextmanager
+def _reaching(location: "Location") -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        text = str(exc)
+        if location.local or not any(marker in text for marker in _UNREACHABLE):
+            raise
+        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+        raise StorageUnreachable(usage_error(location.uri, f"cannot reach storage {location.uri}: "
+                                                           f"{first}").diagnostics) from None
 
 
 @dataclass
@@ -90,7 +113,8 @@ class Location:
 
     # --- queries ---------------------------------------------------------------------------------
     def _info(self):
-        return self.fs.get_file_info(self.path)
+        with _reaching(self):
+            return self.fs.get_file_info(self.path)
 
     def exists(self) -> bool:
         import pyarrow.fs as pafs
@@ -115,7 +139,8 @@ class Location:
         import pyarrow.fs as pafs
 
         selector = pafs.FileSelector(self.path, allow_not_found=True, recursive=False)
-        infos = self.fs.get_file_info(selector)
+        with _reaching(self):
+            infos = self.fs.get_file_info(selector)
         return sorted((self.child(posixpath.basename(i.path.rstrip("/"))) for i in infos),
                       key=lambda loc: loc.name)
 
@@ -123,17 +148,19 @@ class Location:
         import pyarrow.fs as pafs
 
         selector = pafs.FileSelector(self.path, allow_not_found=True, recursive=False)
+        with _reaching(self):
+            infos = self.fs.get_file_info(selector)
         return sorted((self.child(posixpath.basename(i.path.rstrip("/")))
-                       for i in self.fs.get_file_info(selector)
+                       for i in infos
                        if i.type == pafs.FileType.Directory), key=lambda loc: loc.name)
 
     # --- reading and writing -------------------------------------------------------------------
     def read_bytes(self) -> bytes:
-        with self.fs.open_input_stream(self.path) as f:
+        with _reaching(self), self.fs.open_input_stream(self.path) as f:
             return f.read()
 
     def read_range(self, offset: int, length: int) -> bytes:
-        with self.fs.open_input_file(self.path) as f:
+        with _reaching(self), self.fs.open_input_file(self.path) as f:
             return f.read_at(length, offset)
 
     def write_bytes(self, data: bytes) -> None:
@@ -295,4 +322,5 @@ def _from_uri(text: str, scheme: str, where: str):
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
 
 
-__all__ = ["Location", "open_location", "is_remote", "scheme_of", "refuse_secrets"]
+__all__ = ["Location", "StorageUnreachable", "open_location", "is_remote", "scheme_of",
+           "refuse_secrets"]
