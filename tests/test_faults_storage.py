@@ -236,3 +236,29 @@ def test_an_unreachable_object_store_is_one_error_for_eval_not_a_traceback(monke
                           "--storage-endpoint", endpoint)
     assert code == 2 and out == ""
     assert _one_line(err).startswith("s3://bucket/runs/u/meta.json: error: cannot reach storage ")
+
+
+# --- SIGTERM on the Ray path ------------------------------------------------------------------------
+
+def test_sigterm_stops_a_ray_run_as_ctrl_c_does_and_the_command_line_says_terminated(monkeypatch, tmp_path):
+    """SIGTERM (a scheduler ending the job) to a Ray run's driver met Ray's own handler: a C stack
+    dump on stderr and exit 15, Ray's shutdown skipped. The run's fit now ends as on Ctrl-C."""
+    import signal
+    import time
+
+    from mtl_dsl.runtime import launch
+    from mtl_dsl.runtime.failures import Terminated, sigterm_stops_the_run
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Terminated):
+        with sigterm_stops_the_run():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(10)  # the handler raises here, at once
+    assert signal.getsignal(signal.SIGTERM) == before
+
+    def terminated(*args, **kwargs):
+        raise Terminated()
+
+    monkeypatch.setattr(launch, "run_training", terminated)
+    code, _, err = _train(tmp_path, "t")
+    assert code == 143 and err == "terminated\n"

@@ -8,7 +8,7 @@ adding one line there. Handlers import torch, ray and the runtime only when they
 
 Exit status: 0 done; 1 a run that stopped (non-finite loss, worker failure); 2 a mistake in what
 the user gave (a spec, a run config, a flag), printed as one message without a traceback; 130
-interrupted.
+interrupted; 143 a Ray run ended by SIGTERM (a plain run ends as SIGTERM's default does).
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from ..errors import SpecError
 
 EXIT_SPEC_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process SIGTERM ended
 
 # The modules that add commands, in the order their commands are listed by --help.
 COMMANDS = (
@@ -78,7 +79,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SpecError as e:
         print(e.render(), file=sys.stderr)
         return EXIT_SPEC_ERROR
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        from ..runtime.failures import Terminated
+
+        if isinstance(exc, Terminated):  # SIGTERM on the Ray path (runtime/failures.py)
+            print("terminated", file=sys.stderr)
+            return EXIT_TERMINATED
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:

@@ -3,7 +3,10 @@ exit status 1, and the root cause of a worker's error in one line."""
 from __future__ import annotations
 
 import errno
-from typing import Any
+import signal
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 
 class TrainingError(RuntimeError):
@@ -53,3 +56,27 @@ def root_cause(exc: BaseException) -> str:
         if line and not line.startswith(("File ", "^", "Traceback")):
             return line
     return type(exc).__name__
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler ending the job, ``kill``): stops the run as Ctrl-C does; the command
+    line says "terminated" and exits 143."""
+
+
+@contextmanager
+def sigterm_stops_the_run() -> Iterator[None]:
+    """While in the block, SIGTERM raises :class:`Terminated` in the main thread, so the run ends
+    as on Ctrl-C (Ray shut down, the lock released) instead of under Ray's own handler, which
+    dumps a C stack to stderr and leaves with status 15."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)

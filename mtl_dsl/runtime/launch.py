@@ -27,7 +27,7 @@ from ..errors import Diagnostic, SpecError, usage_error
 from .config import RunConfig, load_config
 from .console import Console
 from .failures import (BadSample, CheckpointWriteError, DataUnavailable, NonFiniteLoss, TrainingError,
-                       WriteError, root_cause)
+                       WriteError, root_cause, sigterm_stops_the_run)
 from .run_log import RunLog
 from .lease import lock_for
 from .ray_start import start_ray
@@ -374,7 +374,7 @@ def _train_with_ray(job: dict, cfg: RunConfig, run_name: str, run_dir: Location,
 
     try:
         trainer, queue = _trainer(job, cfg, run_name, run_dir, ray_callbacks)
-        with _QueueDrain(queue, recorder) as drain:
+        with _QueueDrain(queue, recorder) as drain, sigterm_stops_the_run():
             try:
                 result = _fit_interruptibly(trainer, lock, drain)
             except ray.train.TrainingFailedError as exc:
