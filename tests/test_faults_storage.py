@@ -262,3 +262,17 @@ def test_sigterm_stops_a_ray_run_as_ctrl_c_does_and_the_command_line_says_termin
     monkeypatch.setattr(launch, "run_training", terminated)
     code, _, err = _train(tmp_path, "t")
     assert code == 143 and err == "terminated\n"
+
+
+# --- --init with a file of other tensors --------------------------------------------------------------
+
+def test_init_from_a_file_of_other_tensors_names_it_without_a_made_up_position(tmp_path):
+    """--init with a safetensors file whose tensors are not the model's (a checkpoint folder's
+    optimizer file): the error pointed at line 1, column 1 of a binary file."""
+    assert _train(tmp_path, "src")[0] == 0
+    other = tmp_path / "src" / "step_00000002" / "optimizer.safetensors"
+    code, _, err = _train(tmp_path, "dst", "--init", str(other))
+    assert code == 2 and "Traceback" not in err
+    first = err.splitlines()[0]
+    assert first.startswith(f"{other}: error: cannot load optimizer.safetensors into 'baseline_mt'"), first
+    assert ":1:1" not in err

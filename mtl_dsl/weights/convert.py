@@ -75,7 +75,7 @@ def refuse(plan: Plan, weights: OfficialWeights, model: Any, allow_partial: bool
     hint = _task_hint(weights, [t.name for t in model.ir.tasks])
     if hint:
         problems.insert(0, hint)
-    raise SpecError(Diagnostic(
+    raise SpecError(Diagnostic(  # line 0: a weights file has no line to point at
         str(weights.path), 0, 0, f"cannot load {weights.path.name} into {_label(model)}: "
                                  f"{problems[0]}",
         notes=tuple(problems[1:6]) + ((f"... and {len(problems) - 6} more problems",)
