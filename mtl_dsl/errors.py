@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from difflib import get_close_matches
+from pathlib import Path
 from typing import Iterable, Protocol
 
 
@@ -267,3 +268,19 @@ def simple_error(file: str, message: str, hint: str = "", line: int | None = Non
         column = 1 if source_line else 0
     return SpecError(Diagnostic(file=file, line=line, column=column, message=message, hint=hint,
                                 source_line=source_line))
+
+
+def refuse_unwritable(path: Path, where: str) -> None:
+    """Refuse, before any work, an output ``path`` (file or folder to be made) that cannot be
+    written: a path under a file, or a folder that cannot be created or written into. One error
+    at ``where`` (the flag or the path as given), no traceback."""
+    import tempfile
+
+    above = next((a for a in path.parents if a.exists()), None)
+    if above is not None and not above.is_dir():
+        raise simple_error(where, f"cannot write {path}: {above} is a file, not a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.").cleanup()
+    except OSError as e:
+        raise simple_error(where, f"cannot write {path}: {e.strerror or e}") from None

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -108,20 +107,12 @@ def check_writable(path: Path, fmt: str) -> None:
     """Refuse, before anything is compiled, an output file that cannot be written: a folder, a
     path under a file, a folder that cannot be created or written (one ``-o`` error, no
     traceback)."""
-    from ..errors import simple_error
+    from ..errors import refuse_unwritable, simple_error
 
     if path.is_dir():
         raise simple_error("-o", f"{path} is a folder, not a file",
                            hint=f"give a file name, such as {path / ('model.' + fmt)}")
-    above = next((a for a in path.parents if a.exists()), None)
-    if above is not None and not above.is_dir():
-        raise simple_error("-o", f"cannot write {path}: {above} is a file, not a folder")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=True):
-            pass
-    except OSError as e:
-        raise simple_error("-o", f"cannot write {path}: {e.strerror or e}") from None
+    refuse_unwritable(path, "-o")
 
 
 def _summary(model, result, options) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ..errors import Diagnostic, SpecError, simple_error
+from ..errors import Diagnostic, SpecError, refuse_unwritable, simple_error
 from .files import OfficialWeights, file_sha256, read_weights
 from .plan import Plan, make_plan, select
 from .report import correspondence, node_status, render
@@ -202,20 +202,11 @@ def _convert(spec: str, file: str | Path, out: Path, *, tasks: str | None = None
 def _check_new_folder(out: Path) -> None:
     """Refuse, before anything is read or compiled, an -o that exists or cannot be created (a
     path under a file, a place that cannot be written): one error naming it, no traceback."""
-    import tempfile
-
     if out.exists():
         kind = "folder" if out.is_dir() else "path (a file)"
         raise simple_error(str(out), f"output {kind} exists: {out}",
                            hint="choose another -o or remove it first")
-    above = next((a for a in out.parents if a.exists()), None)
-    if above is not None and not above.is_dir():
-        raise simple_error(str(out), f"cannot write {out}: {above} is a file, not a folder")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.").cleanup()
-    except OSError as e:
-        raise simple_error(str(out), f"cannot write {out}: {e.strerror or e}") from None
+    refuse_unwritable(out, str(out))
 
 
 def _run_config(tasks: str, input_size: tuple[int, int], preset: str | None,
