@@ -91,6 +91,20 @@ def spec_source(spec: Any) -> tuple[str, str]:
         return str(spec), ""
 
 
+def _resume_point(run_dir, resume: bool, plain: bool, cfg: RunConfig, signature: dict,
+                  recorder) -> tuple[Any, int]:
+    """The checkpoint a run resumes from (None: a fresh run) and its first step, checked against
+    this run's graph and config; on Ray, Ray Train's own record of the run is made to agree."""
+    resume_from = prepare_run_dir(run_dir, resume, plain, recorder)
+    if resume_from is None:
+        return None, 0
+    if not plain:
+        from .ray_snapshot import reconcile_snapshot
+
+        reconcile_snapshot(run_dir, resume_from, recorder)  # Ray Train restores from its own record
+    return resume_from, _check_resume(resume_from, cfg, signature, recorder)
+
+
 def run_training(spec: Any, config: RunConfig | None = None, *, resume: bool = False,
                  plain: bool = False, verbose: bool = False,
                  progress: Callable[[dict], None] | None = None,
@@ -129,12 +143,7 @@ def run_training(spec: Any, config: RunConfig | None = None, *, resume: bool = F
         if lock.took_over:
             recorder({"kind": "note", "text": f"took over run folder {run_dir} from a run that "
                                               f"is no longer running ({describe(lock.took_over)})"})
-        resume_from = prepare_run_dir(run_dir, resume, plain, recorder)
-        if resume_from is not None and not plain:
-            from .ray_snapshot import reconcile_snapshot
-
-            reconcile_snapshot(run_dir, resume_from, recorder)  # Ray Train restores from its own record
-        start = _check_resume(resume_from, cfg, signature, recorder) if resume_from is not None else 0
+        resume_from, start = _resume_point(run_dir, resume, plain, cfg, signature, recorder)
         if isinstance(spec, (str, Path)) and Path(spec).is_file():
             spec = str(Path(spec).resolve())  # a worker may run in another folder (runtime_env)
         job = {"spec": spec, "spec_name": spec_name, "spec_source": source, "config": cfg.dump(),
