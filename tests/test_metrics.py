@@ -4,9 +4,10 @@ import math
 import pytest
 import torch
 
+from mtl_dsl.runtime.baseline import BaselineError, delta_m, format_metrics_table, load_baseline
 from mtl_dsl.runtime.metrics import (
-    METRIC_DIRECTIONS, BaselineError, BoundaryOdsF, DepthRMSE, MeanIoU, MetricSet, NormalsError,
-    SaliencyMaxF, angular_error_deg, delta_m, disk_max, format_metrics_table, load_baseline,
+    METRIC_DIRECTIONS, BoundaryOdsF, DepthRMSE, MeanIoU, MetricSet, NormalsError, SaliencyMaxF,
+    angular_error_deg, disk_max,
 )
 from mtl_dsl.tasks import PROFILES
 

@@ -128,7 +128,7 @@ def run_eval(spec: Any, checkpoint: str | Path | None, config: RunConfig | None 
     skipped), then the metrics table."""
     import torch
 
-    from .metrics import BaselineError, delta_m, format_metrics_table, load_baseline
+    from .baseline import BaselineError, delta_m, format_metrics_table, load_baseline
 
     base = None
     if baseline is not None:

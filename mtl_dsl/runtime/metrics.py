@@ -371,8 +371,3 @@ class MetricSet:
         if set(theirs) != set(mine):
             raise KeyError("cannot merge metric sets of different tasks")
         self.load_state_tensors({k: mine[k] + theirs[k] for k in mine})
-
-
-# single-task baselines and Delta_m: their own module (``baseline``), their names kept here
-from .baseline import (Baseline, BaselineError, BaselineMetric, check_baseline,  # noqa: E402,F401
-                       delta_m, format_metrics_table, load_baseline)

@@ -112,7 +112,8 @@ def _check_names(spec: str, cfg: RunConfig, dims: list[Dimension], locate: Calla
 def _objective(cfg: RunConfig, baseline_path: Optional[str], locate: Callable = flag_error
                ) -> tuple[str, str, str, Optional[dict]]:
     """(metric, the key of Tune's results, mode, baseline) of the sweep."""
-    from .metrics import PRIMARY_METRICS, METRIC_DIRECTIONS, BaselineError, load_baseline
+    from .baseline import BaselineError, load_baseline
+    from .metrics import PRIMARY_METRICS, METRIC_DIRECTIONS
 
     tasks = cfg.profile().task_names
     baseline = None

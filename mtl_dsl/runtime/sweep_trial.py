@@ -104,7 +104,7 @@ def tune_record(step: int, metrics: dict[str, float], figures: dict, baseline: O
     record: dict[str, Any] = {"step": int(step), "params": figures["params"], "macs": figures["macs"]}
     record.update({f"val/{k}": float(v) for k, v in metrics.items()})
     if baseline is not None and metrics:
-        from .metrics import delta_m
+        from .baseline import delta_m
 
         record["delta_m"] = delta_m(metrics, baseline)
     return record
